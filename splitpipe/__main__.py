@@ -1,0 +1,3 @@
+from splitpipe.cli import main
+
+raise SystemExit(main())

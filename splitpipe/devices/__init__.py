@@ -1,0 +1,1 @@
+"""Devices: target profiles, runtimes that execute a model half, and power meters."""

@@ -1,0 +1,28 @@
+"""One base exception for user errors.
+
+A :class:`SplitpipeError` is something the user can fix (a bad model spec, a missing file,
+an unknown option value); the CLI prints its message as one line and exits with code 2.
+Any other exception is a bug in splitpipe and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class SplitpipeError(Exception):
+    """A user error: bad input, missing file, unavailable backend."""
+
+
+class UnavailableError(SplitpipeError):
+    """A backend, meter or tool that this machine does not have."""
+
+
+class CodecError(SplitpipeError):
+    """A payload or its meta that cannot be decoded safely."""
+
+
+def choices(what: str, got: object, accepted: Iterable[object]) -> SplitpipeError:
+    """The usual 'unknown X: got, accepted are: ...' error."""
+    listed = ", ".join(str(a) for a in accepted)
+    return SplitpipeError(f"unknown {what} {got!r}; accepted: {listed}")

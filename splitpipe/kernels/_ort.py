@@ -1,0 +1,83 @@
+"""Fast elementwise kernels run as tiny ONNX graphs in ONNX Runtime (one thread).
+
+ONNX Runtime is a core dependency and its MLAS kernels convert float32 to float16 and quantize
+at or above memory-copy speed, where numpy's ``astype(float16)`` and a multi-pass numpy quantize
+reach only a few percent of it (see docs/BENCHMARKS.md, section Codecs). Sessions are created
+once per process on first use and are safe to call from several threads.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+_LOGGER = logging.getLogger(__name__)
+_LOCK = threading.Lock()
+
+
+class FastPathUnavailable(RuntimeError):
+    """ONNX Runtime is missing or refused a graph; callers fall back to the numpy reference."""
+
+
+@functools.cache
+def _session(name: str) -> Any:
+    with _LOCK:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
+            raise FastPathUnavailable(f"onnxruntime not importable: {exc}") from None
+        data = resources.files("splitpipe.kernels").joinpath("graphs", f"{name}.onnx").read_bytes()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # one node per graph: nothing to optimise, and no fusion may change the arithmetic
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.log_severity_level = 3
+        try:
+            sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise FastPathUnavailable(f"onnxruntime cannot load kernel graph {name}: {exc}") from None
+        _LOGGER.debug("loaded kernel graph %s", name)
+        return sess
+
+
+def available() -> bool:
+    try:
+        _session("cast_f32_f16")
+    except FastPathUnavailable as exc:
+        _LOGGER.warning("codec fast path unavailable, using numpy: %s", exc)
+        return False
+    return True
+
+
+def _run(name: str, feed: dict[str, np.ndarray]) -> np.ndarray:
+    out: np.ndarray = _session(name).run(None, feed)[0]
+    return out
+
+
+def to_fp16(x: np.ndarray) -> np.ndarray:
+    """float32 -> float16, IEEE round to nearest even (same bits as numpy's astype)."""
+    return _run("cast_f32_f16", {"x": x})
+
+
+def from_fp16(h: np.ndarray) -> np.ndarray:
+    return _run("cast_f16_f32", {"x": h})
+
+
+def quantize(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
+    """saturate(round_half_even(x / scale) + zero_point); per channel along axis 1 when
+    ``scale`` is 1-D (the caller passes x viewed as (outer, C, inner))."""
+    tag = "i8" if zero_point.dtype == np.int8 else "u8"
+    return _run(f"quantize_{tag}", {"x": x, "scale": scale, "zero_point": zero_point})
+
+
+def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
+    """(q - zero_point) * scale as float32; per channel along axis 1 when ``scale`` is 1-D."""
+    tag = "i8" if q.dtype == np.int8 else "u8"
+    return _run(f"dequantize_{tag}", {"q": q, "scale": scale, "zero_point": zero_point})

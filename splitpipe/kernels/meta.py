@@ -1,0 +1,292 @@
+"""CodecMeta: what travels beside a payload so that it can be decoded, and its wire forms.
+
+Two wire forms share one validator:
+
+- :meth:`CodecMeta.to_params` gives a flat ``{str: str | int | float | bool}`` map for KServe v2
+  ``InferParameter`` maps (keys prefixed ``codec``); per-channel arrays travel as base64 of
+  little-endian float32 (scales) and of the stored code type (zero points) in one string each.
+- :meth:`CodecMeta.to_json` gives a dict for manifests, with the same content.
+
+Everything read back is validated (types, ranges, array lengths against the shape) and raises
+:class:`~splitpipe.errors.CodecError` naming the field; nothing is evaluated or unpickled.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from splitpipe.errors import CodecError, SplitpipeError
+from splitpipe.kernels._spec import CodecSpec, parse_name
+
+#: version of the meta layout; a decoder refuses versions it does not know
+META_VERSION = 1
+
+#: the original dtypes a payload may declare
+RAW_DTYPES = (
+    "bool",
+    "int8",
+    "uint8",
+    "int16",
+    "uint16",
+    "int32",
+    "uint32",
+    "int64",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+)
+FLOAT_DTYPES = ("float16", "float32", "float64")
+
+MAX_RANK = 32
+_F32_MAX = float(np.finfo(np.float32).max)
+
+ParamValue = str | int | float | bool
+
+# wire keys (to_params) and their json names (to_json)
+_KEYS = {
+    "codec": "codec",
+    "codec_version": "version",
+    "codec_dtype": "dtype",
+    "codec_shape": "shape",
+    "codec_scale": "scale",
+    "codec_zero_point": "zero_point",
+    "codec_axis": "axis",
+    "codec_scales": "scales",
+    "codec_zero_points": "zero_points",
+}
+
+
+@dataclass(frozen=True)
+class CodecMeta:
+    """Self-describing meta of one encoded tensor.
+
+    ``scale``/``zero_point`` are set for per-tensor quantizing codecs; ``axis``, ``scales``
+    (little-endian float32 bytes) and ``zero_points`` (one stored code per channel: uint8 for
+    affine codecs, int8 for symmetric ones) for per-channel ones. Use :meth:`scale_array` and
+    :meth:`zero_point_array` to read either form as numpy arrays.
+    """
+
+    codec: str
+    dtype: str
+    shape: tuple[int, ...]
+    scale: float | None = None
+    zero_point: int | None = None
+    axis: int | None = None
+    scales: bytes | None = None
+    zero_points: bytes | None = None
+    version: int = META_VERSION
+
+    @property
+    def spec(self) -> CodecSpec:
+        return parse_name(self.codec)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the decoded array."""
+        return self.size * np.dtype(self.dtype).itemsize
+
+    def scale_array(self) -> np.ndarray:
+        """Scales as float32: shape () per tensor, (C,) per channel."""
+        if self.scales is not None:
+            return np.frombuffer(self.scales, dtype="<f4").astype(np.float32)
+        if self.scale is None:
+            raise CodecError(f"codec {self.codec} has no scale")
+        return np.array(self.scale, dtype=np.float32)
+
+    def zero_point_array(self) -> np.ndarray:
+        """Zero points in the stored code type (uint8, or int8 for /sym)."""
+        code = np.int8 if self.spec.symmetric else np.uint8
+        if self.zero_points is not None:
+            return np.frombuffer(self.zero_points, dtype=code).copy()
+        if self.zero_point is None:
+            raise CodecError(f"codec {self.codec} has no zero point")
+        return np.array(self.zero_point, dtype=code)
+
+    # ---- wire forms -------------------------------------------------------------------
+
+    def to_params(self) -> dict[str, ParamValue]:
+        out: dict[str, ParamValue] = {
+            "codec": self.codec,
+            "codec_version": self.version,
+            "codec_dtype": self.dtype,
+            "codec_shape": ",".join(str(d) for d in self.shape),
+        }
+        if self.scale is not None:
+            out["codec_scale"] = float(self.scale)
+        if self.zero_point is not None:
+            out["codec_zero_point"] = int(self.zero_point)
+        if self.axis is not None:
+            out["codec_axis"] = int(self.axis)
+        if self.scales is not None:
+            out["codec_scales"] = base64.b64encode(self.scales).decode("ascii")
+        if self.zero_points is not None:
+            out["codec_zero_points"] = base64.b64encode(self.zero_points).decode("ascii")
+        return out
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> CodecMeta:
+        """Build and validate meta from a parameter map; keys not starting with ``codec`` are
+        ignored (the map may carry other parameters), unknown ``codec*`` keys are refused."""
+        if not isinstance(params, Mapping):
+            raise CodecError(f"codec parameters must be a mapping, got {type(params).__name__}")
+        fields: dict[str, Any] = {}
+        for key, value in params.items():
+            if not isinstance(key, str) or not key.startswith("codec"):
+                continue
+            if key not in _KEYS:
+                raise CodecError(f"unknown codec parameter {key!r}; known: {', '.join(_KEYS)}")
+            fields[_KEYS[key]] = value
+        return _build(fields, wire="param")
+
+    def to_json(self) -> dict[str, Any]:
+        params = self.to_params()
+        out: dict[str, Any] = {_KEYS[k]: v for k, v in params.items()}
+        out["shape"] = list(self.shape)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CodecMeta:
+        if not isinstance(data, Mapping):
+            raise CodecError(f"codec meta must be a JSON object, got {type(data).__name__}")
+        known = set(_KEYS.values())
+        unknown = sorted(str(k) for k in data if k not in known)
+        if unknown:
+            raise CodecError(f"unknown codec meta field(s) {unknown}; known: {', '.join(sorted(known))}")
+        return _build(dict(data), wire="json")
+
+
+# ---- validation ------------------------------------------------------------------------
+
+
+def _int(fields: Mapping[str, Any], key: str) -> int:
+    value = fields[key]
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise CodecError(f"codec meta {key} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _float(fields: Mapping[str, Any], key: str) -> float:
+    value = fields[key]
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+        raise CodecError(f"codec meta {key} must be a number, got {value!r}")
+    return float(value)
+
+
+def _b64(fields: Mapping[str, Any], key: str, nbytes: int) -> bytes:
+    value = fields[key]
+    if not isinstance(value, str):
+        raise CodecError(f"codec meta {key} must be a base64 string, got {type(value).__name__}")
+    if len(value) > 4 * (nbytes // 3 + 1):
+        raise CodecError(f"codec meta {key} is {len(value)} characters, expected {nbytes} bytes")
+    try:
+        raw = base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise CodecError(f"codec meta {key} is not valid base64: {exc}") from None
+    if len(raw) != nbytes:
+        raise CodecError(f"codec meta {key} holds {len(raw)} bytes, expected {nbytes}")
+    return raw
+
+
+def _shape(value: Any, wire: str) -> tuple[int, ...]:
+    if wire == "param":
+        if not isinstance(value, str):
+            raise CodecError(f"codec meta shape must be a string like '1,256,56,56', got {value!r}")
+        text = value.strip()
+        parts = text.split(",") if text else []
+        if len(parts) > MAX_RANK:
+            raise CodecError(f"codec meta shape has {len(parts)} dimensions, at most {MAX_RANK}")
+        if not all(p.strip().isdigit() and len(p.strip()) <= 15 for p in parts):
+            raise CodecError(f"codec meta shape {value!r} must be comma-separated non-negative integers")
+        return tuple(int(p) for p in parts)
+    if not isinstance(value, list | tuple):
+        raise CodecError(f"codec meta shape must be a list of integers, got {value!r}")
+    if len(value) > MAX_RANK:
+        raise CodecError(f"codec meta shape has {len(value)} dimensions, at most {MAX_RANK}")
+    dims = []
+    for d in value:
+        if isinstance(d, bool) or not isinstance(d, int) or d < 0 or d >= 10**15:
+            raise CodecError(f"codec meta shape {value!r} must hold non-negative integers")
+        dims.append(int(d))
+    return tuple(dims)
+
+
+def _build(fields: dict[str, Any], wire: str) -> CodecMeta:
+    for key in ("codec", "version", "dtype", "shape"):
+        if key not in fields:
+            raise CodecError(f"codec meta lacks {key!r}")
+    version = _int(fields, "version")
+    if version != META_VERSION:
+        raise CodecError(
+            f"codec meta version {version} is not supported (this splitpipe reads {META_VERSION})"
+        )
+    name = fields["codec"]
+    try:
+        spec = parse_name(name)
+    except SplitpipeError as exc:
+        raise CodecError(str(exc)) from None
+    dtype = fields["dtype"]
+    allowed = FLOAT_DTYPES if spec.base != "raw" else RAW_DTYPES
+    if dtype not in allowed:
+        raise CodecError(
+            f"codec meta dtype {dtype!r} is not valid for {spec.name}; accepted: {', '.join(allowed)}"
+        )
+    shape = _shape(fields["shape"], wire)
+
+    present = {
+        k for k in ("scale", "zero_point", "axis", "scales", "zero_points") if fields.get(k) is not None
+    }
+    if not spec.quantized:
+        need: set[str] = set()
+    elif spec.per_channel:
+        need = {"axis", "scales", "zero_points"}
+    else:
+        need = {"scale", "zero_point"}
+    if present != need:
+        missing, extra = sorted(need - present), sorted(present - need)
+        parts = ([f"lacks {missing}"] if missing else []) + ([f"must not carry {extra}"] if extra else [])
+        raise CodecError(f"codec meta for {spec.name} {' and '.join(parts)}")
+
+    lo, hi = spec.qrange if spec.quantized else (0, 0)
+    meta_kw: dict[str, Any] = {}
+    if spec.quantized and not spec.per_channel:
+        scale = _float(fields, "scale")
+        if not (math.isfinite(scale) and 0 < scale <= _F32_MAX):
+            raise CodecError(f"codec meta scale must be a finite positive float32, got {scale!r}")
+        if float(np.float32(scale)) != scale:
+            raise CodecError(f"codec meta scale {scale!r} is not a float32 value")
+        zp = _int(fields, "zero_point")
+        if not lo <= zp <= hi or (spec.symmetric and zp != 0):
+            want = "0" if spec.symmetric else f"{lo}..{hi}"
+            raise CodecError(f"codec meta zero_point {zp} out of range for {spec.name} (expected {want})")
+        meta_kw.update(scale=scale, zero_point=zp)
+    elif spec.per_channel:
+        axis = _int(fields, "axis")
+        if not 0 <= axis < len(shape):
+            raise CodecError(f"codec meta axis {axis} out of range for a shape of rank {len(shape)}")
+        channels = shape[axis]
+        scales = _b64(fields, "scales", 4 * channels)
+        s = np.frombuffer(scales, dtype="<f4")
+        if not (np.isfinite(s).all() and (s > 0).all()):
+            raise CodecError("codec meta scales must all be finite and positive")
+        zps = _b64(fields, "zero_points", channels)
+        z = np.frombuffer(zps, dtype=np.int8 if spec.symmetric else np.uint8)
+        if spec.symmetric and z.any():
+            raise CodecError(f"codec meta zero_points must all be 0 for {spec.name}")
+        if not spec.symmetric and (z > hi).any():
+            raise CodecError(f"codec meta zero_points must lie in {lo}..{hi} for {spec.name}")
+        meta_kw.update(axis=axis, scales=scales, zero_points=zps)
+    return CodecMeta(
+        codec=name if name == spec.name else spec.name, dtype=dtype, shape=shape, version=version, **meta_kw
+    )

@@ -1,0 +1,68 @@
+"""Options of the edge server, one frozen dataclass (the CLI maps its flags onto it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from splitpipe.errors import SplitpipeError
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How ``splitpipe serve`` loads, batches and runs tails.
+
+    - ``max_batch``: most rows (summed over requests) that one tail run takes; 1 turns batching
+      off. Only tails whose cut tensors have a free first dimension are batched.
+    - ``batch_timeout_us``: how long the first request of a batch waits for more. 0 batches only
+      what is already queued (no added latency; batches form under load, while a run is busy).
+    - ``runtime``, ``threads``, ``providers``: the runner of every tail
+      (``splitpipe.devices.runtimes``); ``threads`` None lets the runtime choose.
+    - ``instances``: tail runs of one model that may execute at once (threads).
+    - ``max_message_bytes``: gRPC send and receive limit (gRPC's default of 4 MiB is too small
+      for large cut tensors).
+    - ``max_tensor_bytes``: largest decoded tensor one request may claim; checked before any
+      memory is allocated.
+    - ``stream_window``: requests of one stream being processed at once; more wait in gRPC's
+      flow control.
+    - ``grace_s``: on shutdown, how long requests in flight may take before they are cancelled.
+    - ``log_interval_s``: seconds between log lines with request rate and latency; 0 turns
+      them off.
+    """
+
+    max_batch: int = 8
+    batch_timeout_us: int = 0
+    runtime: str = "ort"
+    threads: int | None = 1
+    providers: tuple[str, ...] = field(default=("cpu",))
+    instances: int = 1
+    max_message_bytes: int = 256 * MIB
+    max_tensor_bytes: int = 256 * MIB
+    stream_window: int = 64
+    grace_s: float = 10.0
+    log_interval_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        positive = {
+            "max_batch": self.max_batch,
+            "instances": self.instances,
+            "max_message_bytes": self.max_message_bytes,
+            "max_tensor_bytes": self.max_tensor_bytes,
+            "stream_window": self.stream_window,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise SplitpipeError(f"server option {name} must be at least 1, got {value}")
+        if self.batch_timeout_us < 0:
+            raise SplitpipeError(f"batch timeout must be >= 0 microseconds, got {self.batch_timeout_us}")
+        if self.threads is not None and self.threads < 1:
+            raise SplitpipeError(f"threads must be at least 1 (or unset), got {self.threads}")
+        if self.max_message_bytes > 2**31 - 1:
+            raise SplitpipeError(
+                f"max message size is at most 2 GiB - 1 in gRPC, got {self.max_message_bytes}"
+            )
+        if self.grace_s < 0 or self.log_interval_s < 0:
+            raise SplitpipeError("grace and log interval must be >= 0 seconds")
+        if not self.providers:
+            raise SplitpipeError("at least one execution provider is needed, e.g. cpu")

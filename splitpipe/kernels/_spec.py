@@ -12,6 +12,7 @@ The canonical spelling drops a default zstd level: ``int8/ch+zstd:3`` is ``int8/
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -89,6 +90,13 @@ def parse_name(name: str) -> CodecSpec:
     """Parse and validate a codec name; raise SplitpipeError listing the accepted forms."""
     if not isinstance(name, str):
         raise _bad(name, "not a string")
+    return _parse(name)
+
+
+@functools.lru_cache(maxsize=256)  # decode parses the name of every payload; errors are not cached
+def _parse(name: str) -> CodecSpec:
+    if len(name) > 64:
+        raise _bad(name[:64] + "...", "too long")
     m = _NAME.match(name.strip().lower())
     if not m:
         raise _bad(name)

@@ -12,7 +12,7 @@ the decoded size against ``max_bytes``, and the payload length against what the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from splitpipe.errors import CodecError, SplitpipeError
 from splitpipe.kernels import entropy, pack, quant
 from splitpipe.kernels._spec import CodecSpec, parse_name
 from splitpipe.kernels.calibration import Calibration
-from splitpipe.kernels.meta import FLOAT_DTYPES, RAW_DTYPES, CodecMeta
+from splitpipe.kernels.meta import FLOAT_DTYPES, RAW_DTYPES, CodecMeta, validate
 
 #: default limit on the decoded size of one tensor
 DEFAULT_MAX_BYTES = 64 << 20
@@ -59,19 +59,37 @@ class Codec:
         static = ", static scales" if self.calibration else ""
         return f"Codec({self.name!r}{static}, impl={self.impl})"
 
+    def __post_init__(self) -> None:
+        spec = self.spec
+        allowed = RAW_DTYPES if spec.base == "raw" else FLOAT_DTYPES
+        object.__setattr__(self, "_allowed", {np.dtype(n): n for n in allowed})
+        object.__setattr__(self, "_code", np.dtype(np.int8 if spec.symmetric else np.uint8))
+        static: dict[str, object] | None = None
+        if self.calibration is not None:
+            scale, zp = self.calibration.arrays()
+            if spec.per_channel:
+                static = {"scales": scale.astype("<f4").tobytes(), "zero_points": zp.tobytes()}
+            else:
+                static = {"scale": float(scale), "zero_point": int(zp)}
+        object.__setattr__(self, "_static", static)
+
     # ---- encode ---------------------------------------------------------------------------
 
     def encode(self, array: np.ndarray) -> tuple[bytes, CodecMeta]:
         """Encode one tensor. Lossy codecs take float16/32/64; raw takes any numeric dtype."""
         x = np.asarray(array)
-        dtype = x.dtype.name
         spec = self.spec
-        allowed = RAW_DTYPES if spec.base == "raw" else FLOAT_DTYPES
-        if dtype not in allowed:
-            raise CodecError(f"codec {spec.name} cannot encode dtype {dtype}; accepted: {', '.join(allowed)}")
+        allowed: dict[np.dtype[Any], str] = self._allowed  # type: ignore[attr-defined]
+        dtype = allowed.get(x.dtype)
+        if dtype is None:
+            if x.dtype.name not in allowed.values():
+                raise CodecError(
+                    f"codec {spec.name} cannot encode dtype {x.dtype}; accepted: {', '.join(allowed.values())}"
+                )
+            dtype = x.dtype.name
+            x = x.astype(dtype)  # other byte order: make it native first
         if x.ndim > 32:
             raise CodecError(f"codec {spec.name} takes at most 32 dimensions, got {x.ndim}")
-        shape = tuple(int(d) for d in x.shape)
         kw: dict[str, object] = {}
         if spec.base == "raw":
             stream: np.ndarray = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<"))
@@ -80,7 +98,7 @@ class Codec:
         else:
             stream, kw = self._quantize(x)
         payload = self._compress(stream)
-        meta = CodecMeta(codec=spec.name, dtype=dtype, shape=shape, **kw)  # type: ignore[arg-type]
+        meta = CodecMeta(codec=spec.name, dtype=dtype, shape=x.shape, **kw)  # type: ignore[arg-type]
         return payload, meta
 
     def _compress(self, stream: np.ndarray) -> bytes:
@@ -109,10 +127,16 @@ class Codec:
     def _quantize(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, object]]:
         spec = self.spec
         ref = self.impl == "reference"
-        with np.errstate(over="ignore"):
-            x32 = np.ascontiguousarray(x, dtype=np.float32)
+        code: np.dtype[Any] = self._code  # type: ignore[attr-defined]
+        if x.dtype == np.float32:
+            x32 = np.ascontiguousarray(x)
+        else:
+            with np.errstate(over="ignore"):  # float64 beyond float32: inf, then saturated
+                x32 = np.ascontiguousarray(x, dtype=np.float32)
         axis = self._channel_axis(x32.ndim) if spec.per_channel else None
-        if self.calibration is not None:
+        static: dict[str, object] | None = self._static  # type: ignore[attr-defined]
+        if static is not None:
+            assert self.calibration is not None
             scale, zp = self.calibration.arrays()
             if axis is not None and scale.size != x32.shape[axis]:
                 raise CodecError(
@@ -122,31 +146,32 @@ class Codec:
                 quant.value_range_ref(x32, None)  # only for its NaN check
             else:
                 quant.check_no_nan(x32)
+            kw = dict(static, axis=axis) if axis is not None else static
+        elif axis is None and not ref:
+            # per-tensor hot path: Python floats, no 0-d numpy arithmetic
+            s, z = quant.params_scalar(*quant.range_scalar(x32), spec)
+            scale, zp = np.array(s, np.float32), np.array(z, code)
+            kw = {"scale": s, "zero_point": z}
         else:
             lo, hi = (quant.value_range_ref if ref else quant.value_range)(x32, axis)
             scale, zp = quant.params_from_range(lo, hi, spec)
+            if axis is None:
+                kw = {"scale": float(scale), "zero_point": int(zp)}
+            else:
+                kw = {"axis": axis, "scales": scale.astype("<f4").tobytes(), "zero_points": zp.tobytes()}
         if x32.size == 0:
-            codes = np.zeros(x32.shape, np.int8 if spec.symmetric else np.uint8)
+            codes = np.zeros(x32.shape, code)
         elif ref:
             codes = quant.quantize_ref(x32, scale, zp, spec, axis)
         else:
             codes = quant.quantize(x32, scale, zp, spec, axis)
         stream: np.ndarray
-        if spec.bits < 8:
-            if ref:
-                stream = np.frombuffer(pack.pack_ref(codes.reshape(-1).tolist(), spec.bits), np.uint8)
-            else:
-                stream = pack.pack(codes, spec.bits)
-        else:
+        if spec.bits == 8:
             stream = codes
-        if axis is None:
-            kw: dict[str, object] = {"scale": float(scale), "zero_point": int(zp)}
+        elif ref:
+            stream = np.frombuffer(pack.pack_ref(codes.reshape(-1).tolist(), spec.bits), np.uint8)
         else:
-            kw = {
-                "axis": axis,
-                "scales": scale.astype("<f4").tobytes(),
-                "zero_points": zp.tobytes(),
-            }
+            stream = pack.pack(codes, spec.bits)
         return stream, kw
 
     # ---- decode ---------------------------------------------------------------------------
@@ -197,10 +222,7 @@ def decode(
         raise CodecError(f"meta must be a CodecMeta (use CodecMeta.from_params), got {type(meta).__name__}")
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise CodecError(f"payload must be bytes, got {type(payload).__name__}")
-    try:
-        spec = parse_name(meta.codec)
-    except SplitpipeError as exc:
-        raise CodecError(str(exc)) from None
+    spec = validate(meta)
     nbytes = meta.nbytes
     if nbytes > max_bytes:
         raise CodecError(

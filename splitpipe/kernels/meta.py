@@ -223,6 +223,7 @@ def _shape(value: Any, wire: str) -> tuple[int, ...]:
 
 
 def _build(fields: dict[str, Any], wire: str) -> CodecMeta:
+    """Wire values -> typed fields (types checked here), then :func:`validate`."""
     for key in ("codec", "version", "dtype", "shape"):
         if key not in fields:
             raise CodecError(f"codec meta lacks {key!r}")
@@ -237,15 +238,57 @@ def _build(fields: dict[str, Any], wire: str) -> CodecMeta:
     except SplitpipeError as exc:
         raise CodecError(str(exc)) from None
     dtype = fields["dtype"]
-    allowed = FLOAT_DTYPES if spec.base != "raw" else RAW_DTYPES
-    if dtype not in allowed:
-        raise CodecError(
-            f"codec meta dtype {dtype!r} is not valid for {spec.name}; accepted: {', '.join(allowed)}"
-        )
+    if not isinstance(dtype, str):
+        raise CodecError(f"codec meta dtype must be a string, got {dtype!r}")
     shape = _shape(fields["shape"], wire)
+    kw: dict[str, Any] = {}
+    if fields.get("scale") is not None:
+        kw["scale"] = _float(fields, "scale")
+    if fields.get("zero_point") is not None:
+        kw["zero_point"] = _int(fields, "zero_point")
+    if fields.get("axis") is not None:
+        axis = kw["axis"] = _int(fields, "axis")
+        if not 0 <= axis < len(shape):
+            raise CodecError(f"codec meta axis {axis} out of range for a shape of rank {len(shape)}")
+        channels = shape[axis]
+        for key, width in (("scales", 4), ("zero_points", 1)):
+            if fields.get(key) is not None:
+                kw[key] = _b64(fields, key, width * channels)
+    else:
+        for key in ("scales", "zero_points"):
+            if fields.get(key) is not None:
+                kw[key] = b""  # reported by validate: not allowed without an axis
+    meta = CodecMeta(codec=spec.name, dtype=dtype, shape=shape, version=version, **kw)
+    validate(meta)
+    return meta
+
+
+def validate(meta: CodecMeta) -> CodecSpec:
+    """Check a CodecMeta however it was made (the decoder calls this on every payload): known
+    codec and version, dtype, shape, and the scale fields its codec needs, in range."""
+    if meta.version != META_VERSION:
+        raise CodecError(
+            f"codec meta version {meta.version!r} is not supported (this splitpipe reads {META_VERSION})"
+        )
+    try:
+        spec = parse_name(meta.codec)
+    except SplitpipeError as exc:
+        raise CodecError(str(exc)) from None
+    allowed = FLOAT_DTYPES if spec.base != "raw" else RAW_DTYPES
+    if meta.dtype not in allowed:
+        raise CodecError(
+            f"codec meta dtype {meta.dtype!r} is not valid for {spec.name}; accepted: {', '.join(allowed)}"
+        )
+    shape = meta.shape
+    if (
+        not isinstance(shape, tuple)
+        or len(shape) > MAX_RANK
+        or not all(type(d) is int and 0 <= d < 10**15 for d in shape)
+    ):
+        raise CodecError(f"codec meta shape {shape!r} must be at most {MAX_RANK} non-negative integers")
 
     present = {
-        k for k in ("scale", "zero_point", "axis", "scales", "zero_points") if fields.get(k) is not None
+        k for k in ("scale", "zero_point", "axis", "scales", "zero_points") if getattr(meta, k) is not None
     }
     if not spec.quantized:
         need: set[str] = set()
@@ -257,36 +300,33 @@ def _build(fields: dict[str, Any], wire: str) -> CodecMeta:
         missing, extra = sorted(need - present), sorted(present - need)
         parts = ([f"lacks {missing}"] if missing else []) + ([f"must not carry {extra}"] if extra else [])
         raise CodecError(f"codec meta for {spec.name} {' and '.join(parts)}")
-
-    lo, hi = spec.qrange if spec.quantized else (0, 0)
-    meta_kw: dict[str, Any] = {}
-    if spec.quantized and not spec.per_channel:
-        scale = _float(fields, "scale")
-        if not (math.isfinite(scale) and 0 < scale <= _F32_MAX):
+    if not spec.quantized:
+        return spec
+    lo, hi = spec.qrange
+    if not spec.per_channel:
+        scale, zp = meta.scale, meta.zero_point
+        if type(scale) is not float or not (math.isfinite(scale) and 0 < scale <= _F32_MAX):
             raise CodecError(f"codec meta scale must be a finite positive float32, got {scale!r}")
         if float(np.float32(scale)) != scale:
             raise CodecError(f"codec meta scale {scale!r} is not a float32 value")
-        zp = _int(fields, "zero_point")
-        if not lo <= zp <= hi or (spec.symmetric and zp != 0):
+        if type(zp) is not int or not lo <= zp <= hi or (spec.symmetric and zp != 0):
             want = "0" if spec.symmetric else f"{lo}..{hi}"
-            raise CodecError(f"codec meta zero_point {zp} out of range for {spec.name} (expected {want})")
-        meta_kw.update(scale=scale, zero_point=zp)
-    elif spec.per_channel:
-        axis = _int(fields, "axis")
-        if not 0 <= axis < len(shape):
-            raise CodecError(f"codec meta axis {axis} out of range for a shape of rank {len(shape)}")
-        channels = shape[axis]
-        scales = _b64(fields, "scales", 4 * channels)
-        s = np.frombuffer(scales, dtype="<f4")
-        if not (np.isfinite(s).all() and (s > 0).all()):
-            raise CodecError("codec meta scales must all be finite and positive")
-        zps = _b64(fields, "zero_points", channels)
-        z = np.frombuffer(zps, dtype=np.int8 if spec.symmetric else np.uint8)
-        if spec.symmetric and z.any():
-            raise CodecError(f"codec meta zero_points must all be 0 for {spec.name}")
-        if not spec.symmetric and (z > hi).any():
-            raise CodecError(f"codec meta zero_points must lie in {lo}..{hi} for {spec.name}")
-        meta_kw.update(axis=axis, scales=scales, zero_points=zps)
-    return CodecMeta(
-        codec=name if name == spec.name else spec.name, dtype=dtype, shape=shape, version=version, **meta_kw
-    )
+            raise CodecError(f"codec meta zero_point {zp!r} out of range for {spec.name} (expected {want})")
+        return spec
+    axis = meta.axis
+    if type(axis) is not int or not 0 <= axis < len(shape):
+        raise CodecError(f"codec meta axis {axis!r} out of range for a shape of rank {len(shape)}")
+    channels = shape[axis]
+    if not isinstance(meta.scales, bytes) or len(meta.scales) != 4 * channels:
+        raise CodecError(f"codec meta scales must be {channels} float32 values ({4 * channels} bytes)")
+    if not isinstance(meta.zero_points, bytes) or len(meta.zero_points) != channels:
+        raise CodecError(f"codec meta zero_points must be {channels} bytes")
+    scales = np.frombuffer(meta.scales, dtype="<f4")
+    if not (np.isfinite(scales).all() and (scales > 0).all()):
+        raise CodecError("codec meta scales must all be finite and positive")
+    z = np.frombuffer(meta.zero_points, dtype=np.int8 if spec.symmetric else np.uint8)
+    if spec.symmetric and z.any():
+        raise CodecError(f"codec meta zero_points must all be 0 for {spec.name}")
+    if not spec.symmetric and (z > hi).any():
+        raise CodecError(f"codec meta zero_points must lie in {lo}..{hi} for {spec.name}")
+    return spec

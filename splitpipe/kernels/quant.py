@@ -3,13 +3,14 @@
 Definitions (docs/codecs.md):
 
 - affine (``int8``, ``uint4``, ``uint2``, per tensor or ``/ch``): the range [lo, hi] is widened to
-  contain 0, ``scale = (hi - lo) / qmax``, ``zero_point = round(-lo / scale)``, codes in
-  ``0..qmax`` (255, 15, 3). This is ONNX DynamicQuantizeLinear's rule: 0 stays exact, so ReLU
-  zeros survive and compress well.
-- symmetric (``int8/sym``): ``scale = max(|lo|, |hi|) / 127``, zero point 0, int8 codes.
+  contain 0, ``scale = (hi - lo) / qmax``, ``zero_point = round(clip(-lo / scale, 0, qmax))``,
+  codes in ``0..qmax`` (255, 15, 3). This is ONNX DynamicQuantizeLinear's rule, computed in
+  float32 the way ONNX Runtime does: 0 stays exact, so ReLU zeros survive and compress well.
+- symmetric (``int8/sym``): ``scale = max(-lo, hi) / 127``, zero point 0, int8 codes.
 - ``q = clip(round_half_even(x / scale) + zero_point, qmin, qmax)``, float32 arithmetic (ONNX
   QuantizeLinear); ``x' = (q - zero_point) * scale``.
-- A zero range gives scale 1; a scale below the smallest normal float32 is raised to it.
+- A zero range gives scale 1; a scale below the smallest normal float32 is raised to it; the
+  range is clipped to +-2**126 so that every code decodes to a finite float32.
 - NaN anywhere in the input is refused (CodecError): no code can represent it. +-inf is
   saturated: the range is taken over the finite values and inf maps to the end codes.
 
@@ -28,6 +29,7 @@ from splitpipe.kernels import _ort
 from splitpipe.kernels._spec import CodecSpec
 
 _TINY = float(np.finfo(np.float32).tiny)
+_RANGE_LIMIT = 2.0**126
 
 
 def as_channels(x: np.ndarray, axis: int) -> np.ndarray:
@@ -46,33 +48,46 @@ def _nan_error(where: str = "") -> CodecError:
     )
 
 
+_umin, _umax = np.minimum.reduce, np.maximum.reduce
+
+
+def range_scalar(x: np.ndarray) -> tuple[float, float]:
+    """(lo, hi) of a whole float32 tensor over its finite values; CodecError on NaN.
+
+    The per-tensor hot path: two numpy reductions (each about twice memory-copy speed; they
+    propagate NaN, which is how NaN is detected) and Python floats for the rest."""
+    if x.size == 0:
+        return 0.0, 0.0
+    lo, hi = float(_umin(x, axis=None)), float(_umax(x, axis=None))
+    if lo != lo or hi != hi:
+        raise _nan_error()
+    if math.isinf(lo) or math.isinf(hi):
+        finite = x[np.isfinite(x)]
+        return (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    return lo, hi
+
+
 def value_range(x: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """(lo, hi) as float64, per tensor (shape ()) or per channel (shape (C,)), over finite
-    values; CodecError on NaN. Empty tensors or channels give (0, 0)."""
+    """(lo, hi) as float32 arrays, per tensor (shape ()) or per channel along ``axis``
+    (shape (C,)), over finite values; CodecError on NaN. Empty tensors or channels give 0."""
     if axis is None:
-        if x.size == 0:
-            return np.zeros(()), np.zeros(())
-        lo, hi = np.min(x), np.max(x)  # numpy propagates NaN, which we rely on to detect it
-        if np.isnan(lo) or np.isnan(hi):
-            raise _nan_error()
-        if np.isinf(lo) or np.isinf(hi):
-            finite = x[np.isfinite(x)]
-            lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
-        return np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+        lo_f, hi_f = range_scalar(x)
+        return np.array(lo_f, np.float32), np.array(hi_f, np.float32)
     x3 = as_channels(x, axis)
     c = x3.shape[1]
     if x3.size == 0:
-        return np.zeros(c), np.zeros(c)
+        return np.zeros(c, np.float32), np.zeros(c, np.float32)
     flat = x3[0] if x3.shape[0] == 1 else x3.transpose(1, 0, 2).reshape(c, -1)
-    lo, hi = flat.min(axis=1), flat.max(axis=1)
-    if np.isnan(lo).any() or np.isnan(hi).any():
-        raise _nan_error(f" (channel {int(np.flatnonzero(np.isnan(lo) | np.isnan(hi))[0])})")
+    lo, hi = _umin(flat, axis=1), _umax(flat, axis=1)
+    nan = np.isnan(lo) | np.isnan(hi)
+    if nan.any():
+        raise _nan_error(f" (channel {int(np.flatnonzero(nan)[0])})")
     bad = np.isinf(lo) | np.isinf(hi)
     if bad.any():
         for ch in np.flatnonzero(bad):
             finite = flat[ch][np.isfinite(flat[ch])]
             lo[ch], hi[ch] = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
-    return lo.astype(np.float64), hi.astype(np.float64)
+    return lo.astype(np.float32), hi.astype(np.float32)
 
 
 def value_range_ref(x: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -86,33 +101,61 @@ def value_range_ref(x: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.nda
 
     if axis is None:
         lo, hi = one([float(v) for v in x.reshape(-1)])
-        return np.asarray(lo), np.asarray(hi)
+        return np.array(lo, np.float32), np.array(hi, np.float32)
     x3 = as_channels(x, axis)
     pairs = [one([float(v) for v in x3[:, ch, :].reshape(-1)]) for ch in range(x3.shape[1])]
-    return np.array([p[0] for p in pairs], np.float64), np.array([p[1] for p in pairs], np.float64)
+    return np.array([p[0] for p in pairs], np.float32), np.array([p[1] for p in pairs], np.float32)
 
 
 def check_no_nan(x: np.ndarray) -> None:
     """Static scales skip the range pass, but NaN must still be refused."""
-    if x.size and np.isnan(np.max(x)):
+    if x.size and math.isnan(float(_umax(x, axis=None))):
         raise _nan_error()
 
 
 # ---- scales --------------------------------------------------------------------------------
 
+_F32 = np.float32
+_LIMIT32, _TINY32, _ONE32, _ZERO32 = _F32(_RANGE_LIMIT), _F32(_TINY), _F32(1.0), _F32(0.0)
+
+
+def params_scalar(lo: float, hi: float, spec: CodecSpec) -> tuple[float, int]:
+    """Per-tensor (scale, zero_point) from a float32 range, in float32 arithmetic like ONNX
+    Runtime's DynamicQuantizeLinear, plus the guards in the module docstring.
+    :func:`params_from_range` is the same rule on arrays; a test checks they agree."""
+    qmin, qmax = spec.qrange
+    # widen to contain 0; clip to +-2**126 so every code, zero-point rounding included, decodes
+    # to a finite float32 (values beyond saturate)
+    lo32 = max(min(_F32(lo), _ZERO32), -_LIMIT32)
+    hi32 = min(max(_F32(hi), _ZERO32), _LIMIT32)
+    if spec.symmetric:
+        amax = max(hi32, -lo32)
+        scale = amax / _F32(qmax) if amax > 0 else _ONE32
+    else:
+        scale = (hi32 - lo32) / _F32(qmax - qmin) if hi32 != lo32 else _ONE32
+    scale = max(scale, _TINY32)
+    if spec.symmetric:
+        return float(scale), 0
+    initial = _F32(qmin) - lo32 / scale
+    return float(scale), int(np.rint(min(max(initial, _F32(qmin)), _F32(qmax))))
+
 
 def params_from_range(lo: np.ndarray, hi: np.ndarray, spec: CodecSpec) -> tuple[np.ndarray, np.ndarray]:
     """(scale float32, zero_point in the stored code type) of the same shape as lo/hi."""
-    lo = np.minimum(np.asarray(lo, np.float64), 0.0)
-    hi = np.maximum(np.asarray(hi, np.float64), 0.0)
     qmin, qmax = spec.qrange
-    raw = np.maximum(-lo, hi) / qmax if spec.symmetric else (hi - lo) / (qmax - qmin)
-    scale = raw.astype(np.float32)
-    scale = np.where(scale == 0, np.float32(1.0), np.maximum(scale, np.float32(_TINY))).astype(np.float32)
+    lo32 = np.clip(np.asarray(lo, np.float32), -_LIMIT32, _ZERO32)
+    hi32 = np.clip(np.asarray(hi, np.float32), _ZERO32, _LIMIT32)
+    if spec.symmetric:
+        amax = np.maximum(hi32, -lo32)
+        scale = np.where(amax > 0, amax / _F32(qmax), _ONE32)
+    else:
+        scale = np.where(hi32 != lo32, (hi32 - lo32) / _F32(qmax - qmin), _ONE32)
+    scale = np.maximum(scale, _TINY32).astype(np.float32)
     if spec.symmetric:
         zp = np.zeros(scale.shape, np.int8)
     else:
-        zp = np.clip(np.rint(-lo / scale.astype(np.float64)), qmin, qmax).astype(np.uint8)
+        initial = (_F32(qmin) - lo32 / scale).astype(np.float32)
+        zp = np.rint(np.clip(initial, _F32(qmin), _F32(qmax))).astype(np.uint8)
     # 0-d results of numpy ufuncs are scalars; ONNX Runtime wants arrays
     return np.asarray(scale), np.asarray(zp)
 
@@ -126,10 +169,9 @@ def quantize(
     """Codes (uint8, or int8 for /sym) of the same shape as x; x is float32, finite or +-inf."""
     xin = as_channels(x, axis) if axis is not None else x
     q = _ort.quantize(xin, scale, zp)
-    qmax = spec.qrange[1]
-    if qmax < 255:
+    if spec.bits < 8:
         # two roundings (zero point and value) can land one above qmax; saturation is at 255
-        np.minimum(q, np.uint8(qmax), out=q)
+        np.minimum(q, np.uint8(spec.qrange[1]), out=q)
     return q.reshape(x.shape)
 
 

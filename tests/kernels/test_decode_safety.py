@@ -197,3 +197,35 @@ def test_from_json_rejects_unknown_fields_and_bad_shapes() -> None:
         CodecMeta.from_json({**data, "shape": [1, -2]})
     with pytest.raises(CodecError, match="lacks 'shape'"):
         CodecMeta.from_json({k: v for k, v in data.items() if k != "shape"})
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"dtype": "object"}, "dtype 'object' is not valid"),
+        ({"shape": (1, -16, 8, 8)}, "non-negative integers"),
+        ({"shape": [1, 16, 8, 8]}, "non-negative integers"),
+        ({"version": 9}, "version 9 is not supported"),
+        ({"codec": "int7"}, "unknown codec 'int7'"),
+        ({"scale": float("inf")}, "finite positive"),
+        ({"zero_point": -1}, "out of range"),
+        ({"axis": 1}, "must not carry"),
+    ],
+)
+def test_decode_validates_metas_built_by_hand(change: dict[str, object], message: str) -> None:
+    payload, meta = get_codec("int8").encode(X)
+    with pytest.raises(CodecError, match=message):
+        decode(payload, dataclasses.replace(meta, **change))  # type: ignore[arg-type]
+
+
+def test_decode_validates_per_channel_metas_built_by_hand() -> None:
+    payload, meta = get_codec("int8/ch").encode(X)
+    assert meta.scales is not None
+    for change, message in (
+        ({"scales": meta.scales[:-4]}, "must be 16 float32 values"),
+        ({"zero_points": b""}, "must be 16 bytes"),
+        ({"axis": 7}, "axis 7 out of range"),
+        ({"scales": b"\0" * 64}, "finite and positive"),
+    ):
+        with pytest.raises(CodecError, match=message):
+            decode(payload, dataclasses.replace(meta, **change))  # type: ignore[arg-type]

@@ -236,6 +236,12 @@ class ServerThread:
             raise failure[0]
         return self
 
+    @property
+    def metrics(self) -> Metrics:
+        if self.server is None:
+            raise RuntimeError("the server thread has not started")
+        return self.server.metrics
+
     def call(self, coroutine: Any, timeout: float | None = None) -> Any:
         """Run a coroutine on the server's loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import tiny_tails
 
 from splitpipe.server import ServerOptions, ServerThread
+from tests.server import tiny_tails
 
 
 @pytest.fixture(scope="session")

@@ -162,3 +162,19 @@ def run_tail(directory: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarr
     session = ort.InferenceSession(str(directory / "tail.onnx"), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, feed), strict=True))
+
+
+def free_length(directory: Path, name: str = "free-length") -> Path:
+    """x float32 [N,L] (both free) -> y = ReduceSum(x, axis 1) [N]: requests batch only with
+    requests of the same length."""
+    from onnx import helper, numpy_helper
+
+    axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
+    return write_export(
+        directory,
+        name,
+        [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)],
+        cut=[_tensor_json("x", "float32", [None, None])],
+        outputs=[_tensor_json("y", "float32", [None])],
+        initializers=[axes],
+    )

@@ -1,0 +1,105 @@
+"""``splitpipe serve EXPORT_DIR [EXPORT_DIR ...]``: serve exported tails over gRPC (KServe v2)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+_MIB = 1 << 20
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve exported tails over the Open Inference Protocol (KServe v2 gRPC)",
+        description=(
+            "Load the tail of each export directory (sha256 checked) and serve it under the "
+            "manifest's name until SIGTERM or SIGINT, then finish the requests in flight and exit 0. "
+            "Clients: `splitpipe agent`, or any KServe v2 / Triton gRPC client. See docs/server.md."
+        ),
+    )
+    parser.add_argument(
+        "export_dirs", nargs="+", type=Path, metavar="EXPORT_DIR", help="written by splitpipe export"
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all, 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=8001, help="gRPC port (default 8001; 0 picks a free one)")
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=8,
+        metavar="N",
+        help="most rows per tail run; 1 turns batching off (default 8)",
+    )
+    parser.add_argument(
+        "--batch-timeout-us",
+        type=int,
+        default=0,
+        metavar="T",
+        help="how long a batch waits for more requests, microseconds (default 0: batch only what is queued)",
+    )
+    parser.add_argument("--runtime", default="ort", help="runner of the tails (default ort)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="K",
+        help="intra-op threads per tail; 0 lets the runtime choose (default 1)",
+    )
+    parser.add_argument(
+        "--providers", default="cpu", help="ONNX Runtime execution providers, comma-separated (default cpu)"
+    )
+    parser.add_argument("--instances", type=int, default=1, help="tail runs of one model at once (default 1)")
+    parser.add_argument(
+        "--max-message-mb", type=int, default=256, help="gRPC message size limit, MiB (default 256)"
+    )
+    parser.add_argument(
+        "--max-tensor-mb",
+        type=int,
+        default=256,
+        help="largest decoded tensor a request may claim, MiB (default 256)",
+    )
+    parser.add_argument(
+        "--grace", type=float, default=10.0, help="seconds to finish requests on shutdown (default 10)"
+    )
+    parser.add_argument(
+        "--log-interval",
+        type=float,
+        default=10.0,
+        help="seconds between rate/latency log lines; 0: off (default 10)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from splitpipe.errors import SplitpipeError
+    from splitpipe.server import InferenceServer, ServerOptions, serve
+
+    if not 0 <= args.port <= 65535:
+        raise SplitpipeError(f"port must be 0..65535, got {args.port}")
+    if args.threads < 0:
+        raise SplitpipeError(f"threads must be >= 0 (0 lets the runtime choose), got {args.threads}")
+    options = ServerOptions(
+        max_batch=args.max_batch,
+        batch_timeout_us=args.batch_timeout_us,
+        runtime=args.runtime,
+        threads=args.threads or None,
+        providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
+        instances=args.instances,
+        max_message_bytes=args.max_message_mb * _MIB,
+        max_tensor_bytes=args.max_tensor_mb * _MIB,
+        grace_s=args.grace,
+        log_interval_s=args.log_interval,
+    )
+    host = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
+
+    def ready(server: InferenceServer) -> None:
+        # One line on stdout that scripts (and the tests) read; logs go to stderr.
+        models = ", ".join(sorted(server.models))
+        print(f"splitpipe serve: listening on {args.host}:{server.port} ({models})", flush=True)
+        sys.stdout.flush()
+
+    return asyncio.run(serve(f"{host}:{args.port}", args.export_dirs, options, on_ready=ready))

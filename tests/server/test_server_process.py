@@ -1,0 +1,141 @@
+"""`splitpipe serve` as a real process: startup line, bad arguments, graceful shutdown on signals."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tc
+from tritonclient.utils import InferenceServerException
+
+from tests.server import tiny_tails
+
+SERVE = [sys.executable, "-m", "splitpipe", "serve"]
+_LISTENING = re.compile(r"listening on [\d.]+:(\d+)")
+
+
+def _start(args: list[str]) -> tuple[subprocess.Popen[str], int]:
+    env = {**os.environ, "SPLITPIPE_LOG_LEVEL": "INFO"}
+    proc = subprocess.Popen(
+        [*SERVE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # blocks until the server is up (or the process died)
+    match = _LISTENING.search(line)
+    if not match:
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+        pytest.fail(f"server did not start: {line!r} {err[-2000:]}")
+    return proc, int(match.group(1))
+
+
+@pytest.fixture
+def export(tmp_path: Path) -> Path:
+    return tiny_tails.relu_mean(tmp_path / "relu-mean")
+
+
+@pytest.fixture
+def stop_later() -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_drains_requests_in_flight_then_exits_0(
+    export: Path, stop_later: list[subprocess.Popen[str]], sig: signal.Signals
+) -> None:
+    # A batch window of 1.5 s keeps the requests queued inside the server when the signal lands.
+    proc, port = _start(
+        [
+            str(export),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--max-batch",
+            "64",
+            "--batch-timeout-us",
+            "1500000",
+        ]
+    )
+    stop_later.append(proc)
+    client = tc.InferenceServerClient(f"127.0.0.1:{port}")
+    assert client.is_server_ready()
+    results: dict[int, Any] = {}
+    done = threading.Event()
+    xs = {i: np.full((1, 4, 3, 3), i - 2.5, np.float32) for i in range(6)}
+
+    def callback(index: int, result: Any, error: Any) -> None:
+        results[index] = (result, error)
+        if len(results) == len(xs):
+            done.set()
+
+    sent_at = time.monotonic()
+    for i, x in xs.items():
+        tensor = tc.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        client.async_infer(
+            "relu-mean", [tensor], callback=lambda result, error, i=i: callback(i, result, error)
+        )
+    time.sleep(0.4)
+    assert not done.is_set(), "requests finished before the signal; the test would prove nothing"
+    proc.send_signal(sig)
+    assert done.wait(30), "requests in flight were not answered"
+    assert time.monotonic() - sent_at >= 1.0  # they were answered by the batch, not cut short
+    for i, (result, error) in results.items():
+        assert error is None, error
+        want = tiny_tails.run_tail(export, {"x": xs[i]})
+        np.testing.assert_array_equal(result.as_numpy("mean"), want["mean"])
+        assert result.get_response().parameters["batch_size"].int64_param == len(xs)
+    assert proc.wait(timeout=30) == 0
+    _, err = proc.communicate(timeout=30)
+    assert "shutting down" in err and "Traceback" not in err
+    with pytest.raises(InferenceServerException):
+        client.is_server_live()
+    client.close()
+
+
+def test_bad_export_dir_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    probe = subprocess.run([*SERVE, str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 2
+    assert probe.stderr.strip().splitlines() == [
+        f"splitpipe serve: error: export directory not found: {tmp_path / 'missing'}"
+    ]
+
+
+def test_changed_tail_is_refused(export: Path) -> None:
+    with (export / "tail.onnx").open("ab") as f:
+        f.write(b"\0")
+    probe = subprocess.run([*SERVE, str(export), "--port", "0"], capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 2
+    assert "sha256" in probe.stderr and "changed after export" in probe.stderr
+    assert "Traceback" not in probe.stderr
+
+
+def test_busy_port_is_refused(export: Path, stop_later: list[subprocess.Popen[str]]) -> None:
+    proc, port = _start([str(export), "--host", "127.0.0.1", "--port", "0"])
+    stop_later.append(proc)
+    probe = subprocess.run(
+        [*SERVE, str(export), "--host", "127.0.0.1", "--port", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert probe.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in probe.stderr
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0

@@ -1,0 +1,242 @@
+"""Our own stubs against the server: codec-compressed payloads, typed contents, and bad input."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from splitpipe.kernels import CodecMeta, decode
+from splitpipe.proto.inference import grpc_service_pb2 as pb
+from splitpipe.server import ServerThread
+from tests.server import tiny_tails, wire
+
+X_SHAPE = (1, 4, 3, 3)
+
+
+@pytest.fixture
+def stub(server: ServerThread) -> Iterator[Any]:
+    with wire.channel(server.port) as chan:
+        yield wire.stub(chan)
+
+
+def _x(seed: int = 0, shape: tuple[int, ...] = X_SHAPE) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("codec", ["raw", "fp16+lz4", "int8", "int8/ch+zstd", "uint4/ch", "uint2+zstd"])
+def test_compressed_payload_gives_the_tail_of_the_decoded_tensor(
+    stub: Any, exports: dict[str, Path], codec: str
+) -> None:
+    x = _x(3, (2, 4, 3, 3))
+    request = wire.make_request("relu-mean", {"x": x}, codec=codec, request_id=f"c-{codec}")
+    response = stub.ModelInfer(request, timeout=30)
+    # the reference decodes the same payload locally and runs the tail directly
+    params = {
+        k: wire.stage_params(pb.ModelInferResponse(parameters={k: v}))[k]
+        for k, v in request.inputs[0].parameters.items()
+    }
+    decoded = decode(request.raw_input_contents[0], CodecMeta.from_params(params))
+    want = tiny_tails.run_tail(exports["relu-mean"], {"x": decoded})
+    got = wire.outputs(response)
+    np.testing.assert_allclose(got["mean"], want["mean"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got["peak"], want["peak"], rtol=1e-6, atol=1e-7)
+    assert response.id == f"c-{codec}"
+    stages = wire.stage_params(response)
+    assert stages["batch_size"] == 2 and stages["decode_us"] >= 0
+
+
+def test_compressed_two_inputs_with_different_dtypes(stub: Any, exports: dict[str, Path]) -> None:
+    a = _x(4, (3, 4))
+    b = np.arange(6, dtype=np.float16).reshape(3, 2)
+    response = stub.ModelInfer(
+        wire.make_request("two-inputs", {"a": a, "b": b}, codec="raw+zstd"), timeout=30
+    )
+    want = tiny_tails.run_tail(exports["two-inputs"], {"a": a, "b": b})["y"]
+    np.testing.assert_array_equal(wire.outputs(response)["y"], want)
+
+
+def test_typed_contents_instead_of_raw(stub: Any, exports: dict[str, Path]) -> None:
+    x = _x(5, (1, 16))
+    request = pb.ModelInferRequest(model_name="gemm")
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=[1, 16])
+    tensor.contents.fp32_contents.extend(x.ravel().tolist())
+    response = stub.ModelInfer(request, timeout=30)
+    np.testing.assert_array_equal(
+        wire.outputs(response)["y"], tiny_tails.run_tail(exports["gemm"], {"x": x})["y"]
+    )
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+def _plain(
+    model: str = "relu-mean", shape: Any = X_SHAPE, datatype: str = "FP32", raw: bytes | None = None
+) -> Any:
+    request = pb.ModelInferRequest(model_name=model, id="bad")
+    request.inputs.add(name="x", datatype=datatype, shape=shape)
+    request.raw_input_contents.append(raw if raw is not None else b"\0" * (4 * int(np.prod(shape))))
+    return request
+
+
+def _with_codec(codec: str, edit: Callable[[dict[str, Any], bytes], tuple[dict[str, Any], bytes]]) -> Any:
+    request = wire.make_request("relu-mean", {"x": _x()}, codec=codec, request_id="bad")
+    params = {
+        k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in request.inputs[0].parameters.items()
+    }
+    params, payload = edit(params, request.raw_input_contents[0])
+    del request.raw_input_contents[:]
+    request.raw_input_contents.append(payload)
+    request.inputs[0].ClearField("parameters")
+    wire.set_params(request.inputs[0].parameters, params)
+    return request
+
+
+def _two_inputs(a_shape: tuple[int, ...], b_shape: tuple[int, ...], raws: int = 2) -> Any:
+    a, b = np.zeros(a_shape, np.float32), np.zeros(b_shape, np.float16)
+    request = wire.make_request("two-inputs", {"a": a, "b": b})
+    del request.raw_input_contents[raws:]
+    return request
+
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+
+BAD_REQUESTS: dict[str, tuple[Callable[[], Any], grpc.StatusCode, list[str]]] = {
+    "wrong shape": (lambda: _plain(shape=(1, 4, 3, 4)), INVALID, ["shape [1,4,3,4]", "[-1,4,3,3]"]),
+    "wrong rank": (lambda: _plain(shape=(4, 3, 3)), INVALID, ["shape [4,3,3]"]),
+    "zero or negative dimension": (
+        lambda: _plain(shape=(-1, 4, 3, 3), raw=b""),
+        INVALID,
+        ["shape [-1,4,3,3]"],
+    ),
+    "wrong dtype": (lambda: _plain(datatype="FP64", raw=b"\0" * 288), INVALID, ["'FP64'", "takes FP32"]),
+    "unknown datatype": (lambda: _plain(datatype="FLOAT"), INVALID, ["'FLOAT'", "not a datatype"]),
+    "raw bytes do not match shape": (lambda: _plain(raw=b"\0" * 100), INVALID, ["100 bytes", "takes 144"]),
+    "unknown model": (lambda: _plain(model="resnet-s99"), NOT_FOUND, ["unknown model 'resnet-s99'", "gemm"]),
+    "unknown version": (
+        lambda: pb.ModelInferRequest(model_name="gemm", model_version="7"),
+        NOT_FOUND,
+        ["no version '7'"],
+    ),
+    "oversized claimed shape": (
+        lambda: _plain(shape=(2**40, 4, 3, 3), raw=b"\0" * 144),
+        INVALID,
+        ["would take 158329674399744 bytes", "limit"],
+    ),
+    "wrong input name": (
+        lambda: wire.make_request("gemm", {"z": np.zeros((1, 16), np.float32)}),
+        INVALID,
+        ["takes inputs ['x']", "['z']"],
+    ),
+    "raw count differs from inputs": (
+        lambda: _two_inputs((1, 4), (1, 2), raws=1),
+        INVALID,
+        ["1 raw_input_contents for 2"],
+    ),
+    "inputs disagree on batch": (
+        lambda: _two_inputs((2, 4), (3, 2)),
+        INVALID,
+        ["disagree on the batch size"],
+    ),
+    "unknown requested output": (
+        lambda: pb.ModelInferRequest(
+            model_name="gemm",
+            inputs=[pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 16])],
+            outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="logits")],
+            raw_input_contents=[b"\0" * 64],
+        ),
+        INVALID,
+        ["no output 'logits'", "['y']"],
+    ),
+    "unknown codec": (
+        lambda: _with_codec("int8", lambda p, b: ({**p, "codec": "int7"}, b)),
+        INVALID,
+        ["bad codec parameters", "int7"],
+    ),
+    "unknown codec parameter": (
+        lambda: _with_codec("int8", lambda p, b: ({**p, "codec_gain": 2.0}, b)),
+        INVALID,
+        ["codec_gain"],
+    ),
+    "payload does not match its meta": (
+        lambda: _with_codec("int8", lambda p, b: (p, b[:-5])),
+        INVALID,
+        ["does not decode as int8", "31 bytes", "implies 36"],
+    ),
+    "meta shape differs from the declared shape": (
+        lambda: _with_codec("int8", lambda p, b: ({**p, "codec_shape": "1,4,9,1"}, b)),
+        INVALID,
+        ["codec meta says float32[1,4,9,1]", "declares float32[1,4,3,3]"],
+    ),
+    "garbage bytes": (
+        lambda: _with_codec("int8+zstd", lambda p, b: (p, np.random.default_rng(9).bytes(len(b)))),
+        INVALID,
+        ["does not decode as int8+zstd"],
+    ),
+    "bad scale": (
+        lambda: _with_codec("int8", lambda p, b: ({**p, "codec_scale": -1.0}, b)),
+        INVALID,
+        ["scale"],
+    ),
+    "shared memory": (
+        lambda: _with_codec("raw", lambda p, b: ({"shared_memory_region": "r0"}, b)),
+        INVALID,
+        ["shared memory"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_request_gets_a_clear_status(stub: Any, case: str) -> None:
+    make, code, fragments = BAD_REQUESTS[case]
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(make(), timeout=30)
+    assert info.value.code() == code, info.value.details()
+    for fragment in fragments:
+        assert fragment in info.value.details()
+    # and the server keeps serving
+    good = stub.ModelInfer(wire.make_request("gemm", {"x": np.zeros((1, 16), np.float32)}), timeout=30)
+    assert wire.outputs(good)["y"].shape == (1, 8)
+
+
+def test_stream_reports_each_bad_frame_and_goes_on(stub: Any, exports: dict[str, Path]) -> None:
+    frames: list[tuple[str, Any]] = []
+    for i in range(30):
+        if i % 3 == 1:
+            case = list(BAD_REQUESTS)[i % len(BAD_REQUESTS)]
+            request = BAD_REQUESTS[case][0]()
+        else:
+            request = wire.make_request("relu-mean", {"x": _x(i)}, codec="int8/ch+zstd")
+            case = ""
+        request.id = f"frame-{i}"
+        frames.append((case, request))
+    responses = list(stub.ModelStreamInfer(iter([r for _, r in frames]), timeout=60))
+    assert len(responses) == len(frames)
+    for (case, request), response in zip(frames, responses, strict=True):
+        assert response.infer_response.id == request.id
+        if case:
+            code, fragments = BAD_REQUESTS[case][1:]
+            assert response.error_message, case
+            assert all(f in response.error_message for f in fragments), (case, response.error_message)
+            assert response.infer_response.parameters["error_code"].string_param == code.name
+        else:
+            assert response.error_message == ""
+            got = wire.outputs(response.infer_response)
+            assert got["mean"].shape == (1, 4) and np.isfinite(got["mean"]).all()
+
+
+def test_large_tensor_beyond_grpc_default_limit(tmp_path: Path) -> None:
+    from splitpipe.server import ServerOptions
+
+    export = tiny_tails.fixed_gemm(tmp_path / "wide", name="wide", features=2_000_000)  # an 8 MB input
+    x = np.full((1, 2_000_000), 0.5, np.float32)
+    with ServerThread([export], ServerOptions()) as running, wire.channel(running.port) as chan:
+        response = wire.stub(chan).ModelInfer(wire.make_request("wide", {"x": x}), timeout=60)
+    np.testing.assert_allclose(
+        wire.outputs(response)["y"], tiny_tails.run_tail(export, {"x": x})["y"], rtol=1e-5
+    )

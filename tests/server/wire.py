@@ -1,0 +1,70 @@
+"""Client side of the wire format, written from docs/server.md, with our generated stubs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+import numpy as np
+
+from splitpipe.proto.inference import grpc_service_pb2 as pb
+from splitpipe.proto.inference import grpc_service_pb2_grpc as pb_grpc
+from splitpipe.server.datatypes import kserve_datatype
+
+MIB = 1 << 20
+
+
+def set_params(target: Any, params: Mapping[str, Any]) -> None:
+    """Copy a flat dict into an InferParameter map (bool before int: bool is an int in Python)."""
+    for key, value in params.items():
+        if isinstance(value, bool):
+            target[key].bool_param = value
+        elif isinstance(value, int):
+            target[key].int64_param = value
+        elif isinstance(value, float):
+            target[key].double_param = value
+        else:
+            target[key].string_param = str(value)
+
+
+def make_request(
+    model: str, arrays: Mapping[str, np.ndarray], codec: str | None = None, request_id: str = ""
+) -> pb.ModelInferRequest:
+    """One input per array; ``codec`` compresses each with splitpipe.kernels, None sends it plain."""
+    request = pb.ModelInferRequest(model_name=model, id=request_id)
+    for name, array in arrays.items():
+        tensor = request.inputs.add(name=name, datatype=kserve_datatype(array.dtype), shape=array.shape)
+        if codec is None:
+            request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+        else:
+            from splitpipe.kernels import get_codec
+
+            payload, meta = get_codec(codec).encode(array)
+            set_params(tensor.parameters, meta.to_params())
+            request.raw_input_contents.append(payload)
+    return request
+
+
+def outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    from splitpipe.server.datatypes import numpy_dtype
+
+    return {
+        t.name: np.frombuffer(raw, dtype=numpy_dtype(t.datatype)).reshape(tuple(t.shape))
+        for t, raw in zip(response.outputs, response.raw_output_contents, strict=True)
+    }
+
+
+def stage_params(response: pb.ModelInferResponse) -> dict[str, Any]:
+    return {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in response.parameters.items()}
+
+
+def channel(port: int) -> grpc.Channel:
+    return grpc.insecure_channel(
+        f"127.0.0.1:{port}",
+        options=[("grpc.max_send_message_length", 256 * MIB), ("grpc.max_receive_message_length", 256 * MIB)],
+    )
+
+
+def stub(chan: grpc.Channel) -> pb_grpc.GRPCInferenceServiceStub:
+    return pb_grpc.GRPCInferenceServiceStub(chan)

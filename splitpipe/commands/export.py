@@ -1,0 +1,59 @@
+"""``splitpipe export``: write one split as head.onnx, tail.onnx and manifest.json, verified."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from splitpipe.commands.plan import add_cost_arguments, add_model_arguments, request_from_args
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write the two halves of one split, verified against the model",
+        description="Export split ID of a model as head.onnx, tail.onnx and manifest.json, and "
+        "check on random inputs that tail(head(x)) reproduces the whole model.",
+    )
+    add_model_arguments(p)
+    add_cost_arguments(p)
+    p.add_argument(
+        "--split", required=True, type=int, metavar="ID", help="candidate id from `splitpipe plan`"
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--plan", metavar="PLAN.json", help="take the model, options and predictions from this plan"
+    )
+    p.add_argument("--name", help="model name the server serves the tail under (default MODEL-sID)")
+    p.add_argument(
+        "--tolerance", type=float, default=1e-4, help="largest relative difference accepted (default 1e-4)"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from splitpipe.partition.export import export_split
+    from splitpipe.partition.plan import read_plan
+
+    plan = None
+    if args.plan:
+        plan = read_plan(args.plan)
+        req = plan.request
+        if args.model and args.model != req.model:
+            from splitpipe.errors import SplitpipeError
+
+            raise SplitpipeError(f"--plan is for model {req.model!r}, not {args.model!r}")
+    else:
+        req = request_from_args(args)
+    result = export_split(req, args.split, args.out, plan=plan, tolerance=args.tolerance, name=args.name)
+    v = result.manifest["verification"]
+    print(f"exported split {args.split} ({result.manifest['split']['label']}) of {req.model} to {result.out}")
+    print(
+        f"  head.onnx {result.manifest['files']['head']['bytes']:,} B, tail.onnx {result.manifest['files']['tail']['bytes']:,} B, "
+        f"cut {', '.join(str(t['shape']) for t in result.manifest['cut'])}"
+    )
+    print(
+        f"  verified on {v['samples']} random inputs: max abs diff {v['max_abs']:.3g}, max relative diff "
+        f"{v['max_rel']:.3g} (tolerance {v['tolerance']:g})"
+    )
+    return 0

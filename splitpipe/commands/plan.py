@@ -1,0 +1,160 @@
+"""``splitpipe plan``: every split point of a model, its predicted cost, and the Pareto front."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments naming the model; shared by plan and export."""
+    p.add_argument(
+        "model", nargs="?", help="torchvision:NAME, package.module:callable, or path/to/model.onnx"
+    )
+    p.add_argument("--input-shape", help="e.g. 1,3,224,224 (default for torch models: 1,3,224,224)")
+    p.add_argument("--weights", help="a local state_dict file for a torch model")
+    p.add_argument(
+        "--max-cut-tensors",
+        type=int,
+        default=1,
+        metavar="K",
+        help="allow cuts where up to K tensors cross (default 1)",
+    )
+
+
+def add_cost_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="local",
+        help="device profile: local (this machine, measured), a built-in name, or PATH.json",
+    )
+    p.add_argument(
+        "--server", default="local", help="server profile (default local: measured on this machine)"
+    )
+    p.add_argument("--link", default="20mbit,10ms", help="bandwidth,round-trip time (default 20mbit,10ms)")
+    p.add_argument("--codec", default="raw", help="bottleneck codec (default raw float32)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="ONNX Runtime intra-op threads when measuring (default 1)"
+    )
+    p.add_argument(
+        "--profile",
+        dest="profile_mode",
+        default="segments",
+        choices=["segments", "direct", "analytic"],
+        help="how latency is obtained: segments (measured, fast), direct (measured per head and tail), analytic (estimated)",
+    )
+    p.add_argument(
+        "--analytic",
+        dest="profile_mode",
+        action="store_const",
+        const="analytic",
+        help="same as --profile analytic",
+    )
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs before measuring")
+
+
+def request_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
+    from splitpipe.errors import SplitpipeError
+    from splitpipe.partition.load import parse_shape
+    from splitpipe.partition.plan import OBJECTIVES, PlanRequest
+
+    if not args.model:
+        raise SplitpipeError(
+            "no model given; pass torchvision:NAME, package.module:callable, or path/to/model.onnx"
+        )
+    objectives = tuple(
+        o.strip() for o in getattr(args, "objectives", "latency,bytes,energy").split(",") if o.strip()
+    )
+    for o in objectives:
+        if o not in OBJECTIVES:
+            from splitpipe.errors import choices
+
+            raise choices("objective", o, OBJECTIVES)
+    fields = dict(
+        model=args.model,
+        input_shape=parse_shape(args.input_shape) if args.input_shape else None,
+        weights=args.weights,
+        device=args.device,
+        server=args.server,
+        link=args.link,
+        codec=args.codec,
+        objectives=objectives,
+        max_cut_tensors=args.max_cut_tensors,
+        threads=args.threads,
+        profile_mode=args.profile_mode,
+        repeats=args.repeats,
+        warmup=args.warmup,
+    )
+    fields.update(overrides)
+    return PlanRequest(**fields)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="find and rank every split point of a model",
+        description="Find every valid split point of a model, predict latency, bytes, device energy "
+        "and memory of each, and report the Pareto-optimal splits against running all on the "
+        "device (local) and sending the input (offload).",
+    )
+    add_model_arguments(p)
+    add_cost_arguments(p)
+    p.add_argument(
+        "--objectives",
+        default="latency,bytes,energy",
+        help="comma-separated, from latency, energy, bytes, memory (default latency,bytes,energy)",
+    )
+    p.add_argument("--json", metavar="FILE", help="write the plan as JSON (docs/plan-json.md)")
+    p.add_argument(
+        "--plot", metavar="PNG", help="write a plot of latency against bytes with the front marked"
+    )
+    p.add_argument(
+        "--from", dest="replay", metavar="PLAN.json", help="re-run the request stored in a plan JSON"
+    )
+    p.add_argument(
+        "--pareto-only", action="store_true", help="show only Pareto-optimal candidates in the table"
+    )
+    p.set_defaults(func=run)
+
+
+def progress_bar() -> Any:
+    """A rich progress callback (what, done, total) and the context that shows it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        TextColumn("profiling {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+    )
+    task = bar.add_task("", total=None)
+
+    def update(what: str, done: int, total: int) -> None:
+        bar.update(task, description=what, completed=done, total=total)
+
+    return bar, update
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from splitpipe.partition.plan import make_plan, read_plan
+    from splitpipe.partition.report import plot_plan, print_plan
+
+    req = read_plan(args.replay).request if args.replay else request_from_args(args)
+    import shutil
+
+    console = Console(width=shutil.get_terminal_size((180, 24)).columns)
+    bar, update = progress_bar()
+    with bar:
+        plan = make_plan(req, progress=update)
+    print_plan(plan, only_pareto=args.pareto_only, console=console)
+    if args.json:
+        plan.write(args.json)
+        console.print(f"plan written to {args.json}")
+    if args.plot:
+        plot_plan(plan, args.plot)
+        console.print(f"plot written to {args.plot}")
+    return 0

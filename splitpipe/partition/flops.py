@@ -1,0 +1,147 @@
+"""Per-node work: FLOPs, bytes moved, operator class, and the analytic latency of a node on a device.
+
+FLOP convention (shared with ``splitpipe profile``'s micro-benchmarks): one FLOP per multiply
+and per add, so a convolution is 2*N*Cout*Hout*Wout*(Cin/groups)*kh*kw, a matmul 2*M*N*K, an
+elementwise op one per output element, a pooling op one per output element and kernel tap.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from splitpipe.devices.profile import DeviceProfile
+from splitpipe.partition.graph import Graph
+
+# Ops that only relabel memory: no arithmetic, and ONNX Runtime usually does not copy.
+_VIEWS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Shape", "Size", "Constant", "Dropout"}
+_POOLS = {"MaxPool", "AveragePool", "LpPool"}
+_GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
+_REDUCE = {
+    "ReduceMean",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceSum",
+    "ReduceProd",
+    "ReduceL2",
+    "ReduceL1",
+    "ReduceLogSumExp",
+}
+# Ops costing several FLOPs per output element (exp, divisions, statistics).
+_HEAVY_ELEMENTWISE = {
+    "Softmax": 5,
+    "LogSoftmax": 5,
+    "LayerNormalization": 8,
+    "BatchNormalization": 4,
+    "InstanceNormalization": 8,
+    "GroupNormalization": 8,
+    "Erf": 4,
+    "Gelu": 8,
+    "Sigmoid": 4,
+    "HardSigmoid": 3,
+    "HardSwish": 4,
+    "Tanh": 4,
+    "Exp": 4,
+    "Log": 4,
+    "Sqrt": 2,
+    "Pow": 4,
+}
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    flops: int
+    bytes: int
+    op_class: str
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return math.prod(shape) if shape else 1
+
+
+def node_cost(graph: Graph, k: int) -> NodeCost:
+    node = graph.node(k)
+    op = node.op_type
+    ins = [graph.info(t) for t in node.input if t and t in graph._info]
+    outs = [graph.info(t) for t in node.output if t and t in graph._info]
+    out_elems = sum(_numel(o.shape) for o in outs)
+    moved = sum(i.nbytes for i in ins) + sum(o.nbytes for o in outs)
+    attrs = {a.name: a for a in node.attribute}
+
+    if op in ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv") and len(ins) >= 2:
+        weight = ins[1] if op != "QLinearConv" else ins[3]
+        group = attrs["group"].i if "group" in attrs else 1
+        if op == "ConvTranspose":
+            flops = 2 * _numel(ins[0].shape) * weight.shape[1] * _numel(weight.shape[2:])
+        else:
+            flops = 2 * out_elems * _numel(weight.shape[1:])
+        return NodeCost(flops, moved, "dwconv" if group > 1 else "conv")
+    if op in ("MatMul", "MatMulInteger", "Gemm", "QLinearMatMul") and len(ins) >= 2:
+        a = ins[0].shape
+        k_dim = (a[0] if attrs.get("transA") and attrs["transA"].i else a[-1]) if a else 1
+        return NodeCost(2 * out_elems * k_dim, moved, "matmul")
+    if op == "Einsum" and ins:
+        # upper bound without parsing the equation: every output element reads a full input row
+        return NodeCost(2 * out_elems * max(i.shape[-1] if i.shape else 1 for i in ins), moved, "matmul")
+    if op in _POOLS:
+        kernel = _numel(tuple(attrs["kernel_shape"].ints)) if "kernel_shape" in attrs else 1
+        return NodeCost(out_elems * kernel, moved, "pool")
+    if op in _GLOBAL_POOLS or op in _REDUCE:
+        return NodeCost(_numel(ins[0].shape) if ins else out_elems, moved, "pool")
+    if op in _VIEWS:
+        return NodeCost(0, 0, "elementwise")
+    return NodeCost(out_elems * _HEAVY_ELEMENTWISE.get(op, 1), moved, "elementwise")
+
+
+def node_ms(cost: NodeCost, profile: DeviceProfile, precision: str = "fp32") -> float:
+    """Roofline time of one node on ``profile``: the slower of compute and memory, plus a fixed overhead."""
+    rate = profile.measured_gflops.get(cost.op_class)
+    if rate is None:
+        peak = profile.peak_gflops.get(precision, profile.peak_gflops["fp32"])
+        rate = peak * profile.compute_efficiency
+    compute_s = cost.flops / (rate * 1e9)
+    memory_s = cost.bytes / (profile.mem_bandwidth_gbs * 1e9 * profile.memory_efficiency)
+    return (max(compute_s, memory_s) + profile.node_overhead_us * 1e-6) * 1e3
+
+
+def nodes_ms(graph: Graph, mask: int, profile: DeviceProfile) -> float:
+    return sum(node_ms(node_cost(graph, k), profile) for k in graph.members(mask))
+
+
+def total_flops(graph: Graph, mask: int) -> int:
+    return sum(node_cost(graph, k).flops for k in graph.members(mask))
+
+
+def weight_bytes(graph: Graph, mask: int) -> int:
+    """Bytes of the weights (initializers) the nodes in ``mask`` and their constant helpers read."""
+    node_ids = [graph.nodes[k] for k in graph.members(mask)]
+    used = {n for i in [*node_ids, *graph.needed_constant_nodes(node_ids)] for n in graph.node_inputs[i]}
+    return sum(graph.info(n).nbytes for n in used if n in graph.initializers)
+
+
+def peak_activation_bytes(graph: Graph, mask: int) -> int:
+    """Largest sum of live intermediate tensors while running the nodes in ``mask`` in order.
+
+    A tensor is live from its production (or from the start, for inputs) to its last use in
+    ``mask``; crossing tensors stay live to the end, since they are sent after the head ran.
+    """
+    members = list(graph.members(mask))
+    position = {k: i for i, k in enumerate(members)}
+    last_use: dict[str, int] = {}
+    for k in members:
+        for t in graph.node_inputs[graph.nodes[k]]:
+            if t not in graph.constants:
+                last_use[t] = position[k]
+    end = len(members)
+    for t in graph.crossing(mask):
+        last_use[t] = end
+    live = {t: graph.info(t).nbytes for t in graph.inputs if t in last_use}
+    peak = sum(live.values())
+    for i, k in enumerate(members):
+        for t in graph.node(k).output:
+            if t and t in graph._info:
+                live[t] = graph.info(t).nbytes
+        peak = max(peak, sum(live.values()))
+        for t in [t for t in live if last_use.get(t, -1) <= i]:
+            del live[t]
+    return peak

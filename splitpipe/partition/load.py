@@ -1,0 +1,346 @@
+"""Model loading: a model spec to an ONNX graph with static shapes, exported once and cached.
+
+Specs: ``torchvision:NAME``, ``package.module:callable`` (returns a ``torch.nn.Module``), or a
+path to an ``.onnx`` file. torch models are exported with the dynamo exporter at a pinned opset
+and IR version that ONNX Runtime accepts. The cached model keeps its weights in one external
+data file, so that the many small head/tail/segment models built during planning refer to the
+same weights instead of copying them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from splitpipe._env import cache_dir
+from splitpipe.errors import SplitpipeError
+
+if TYPE_CHECKING:
+    import onnx
+
+_LOGGER = logging.getLogger(__name__)
+
+#: opset of exported models (the dynamo exporter's minimum is 18)
+OPSET = 18
+#: highest IR version written; onnxruntime 1.31 accepts up to 13, older releases less
+IR_VERSION = 10
+DEFAULT_IMAGE_SHAPE = (1, 3, 224, 224)
+#: ImageNet normalisation used by every torchvision classifier
+IMAGENET = {"layout": "NCHW", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+_DATA_SUFFIX = ".data"
+#: bump when the cached form changes
+_CACHE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model spec."""
+
+    kind: str  # "torchvision", "callable" or "onnx"
+    target: str
+    text: str
+
+
+def parse_spec(text: str) -> ModelSpec:
+    accepted = "torchvision:NAME, package.module:callable, or a path to an .onnx file"
+    if not text or not text.strip():
+        raise SplitpipeError(f"empty model spec; accepted: {accepted}")
+    text = text.strip()
+    if text.lower().endswith(".onnx") or (os.sep in text and ":" not in text):
+        return ModelSpec("onnx", text, text)
+    if text.startswith("torchvision:"):
+        name = text.split(":", 1)[1]
+        if not name:
+            raise SplitpipeError(f"model spec {text!r} names no torchvision model; accepted: {accepted}")
+        return ModelSpec("torchvision", name, text)
+    if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", text):
+        return ModelSpec("callable", text, text)
+    raise SplitpipeError(f"unrecognised model spec {text!r}; accepted: {accepted}")
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1,3,224,224"`` -> (1, 3, 224, 224)."""
+    try:
+        shape = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise SplitpipeError(f"invalid input shape {text!r}; expected positive integers such as 1,3,224,224")
+    return shape
+
+
+@dataclass
+class LoadedModel:
+    """An ONNX model ready for planning: static shapes, weights in ``path``'s external data file."""
+
+    spec: str
+    path: Path
+    model: onnx.ModelProto
+    input_shapes: dict[str, tuple[int, ...]]
+    preprocess: dict[str, Any] | None
+
+    @property
+    def name(self) -> str:
+        base = self.spec.split(":")[-1] if not self.spec.lower().endswith(".onnx") else Path(self.spec).stem
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_.") or "model"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _torch_module(spec: ModelSpec) -> Any:
+    try:
+        import torch
+        import torchvision
+    except ImportError as exc:
+        raise SplitpipeError(
+            f"{spec.text} needs torch and torchvision (pip install 'splitpipe[plan]'): {exc}"
+        ) from None
+    if spec.kind == "torchvision":
+        names = torchvision.models.list_models(module=torchvision.models)
+        if spec.target not in names:
+            raise SplitpipeError(
+                f"unknown torchvision model {spec.target!r}; accepted: {', '.join(sorted(names))}"
+            )
+        kwargs: dict[str, Any] = {"weights": None}
+        if spec.target in ("googlenet", "inception_v3"):
+            kwargs["aux_logits"] = False
+            kwargs["init_weights"] = False
+        return torchvision.models.get_model(spec.target, **kwargs)
+    module_name, attr = spec.target.split(":")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # so that `models.mine:build` works from a project folder
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SplitpipeError(f"cannot import {module_name!r} for model spec {spec.text!r}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise SplitpipeError(f"{module_name} has no callable {attr!r} (model spec {spec.text!r})")
+    model = factory()
+    if not isinstance(model, torch.nn.Module):
+        raise SplitpipeError(f"{spec.text} returned {type(model).__name__}, expected a torch.nn.Module")
+    return model
+
+
+def _load_weights(module: Any, weights: Path) -> None:
+    import torch
+
+    if not weights.is_file():
+        raise SplitpipeError(f"weights file not found: {weights}")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise SplitpipeError(f"{weights}: not a readable state_dict ({type(exc).__name__}: {exc})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    try:
+        module.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise SplitpipeError(f"{weights} does not fit the model: {first}") from None
+
+
+def _export_torch(module: Any, shape: tuple[int, ...]) -> onnx.ModelProto:
+    import torch
+
+    module.eval()
+    example = torch.randn(*shape)
+    try:
+        with torch.no_grad():
+            module(example)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SplitpipeError(f"the model does not accept input shape {list(shape)}: {first}") from None
+    _LOGGER.info("exporting to ONNX (opset %d), done once per model and shape", OPSET)
+    program = torch.onnx.export(module, (example,), None, dynamo=True, opset_version=OPSET, verbose=False)
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program")
+    proto: onnx.ModelProto = program.model_proto
+    return proto
+
+
+def _read_onnx(path: Path) -> onnx.ModelProto:
+    import onnx
+
+    if not path.is_file():
+        raise SplitpipeError(f"ONNX file not found: {path}")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model, full_check=False)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SplitpipeError(f"{path} is not a valid ONNX model: {first}") from None
+    return model
+
+
+def _static_input_shapes(
+    model: onnx.ModelProto, override: tuple[int, ...] | None
+) -> dict[str, tuple[int, ...]]:
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for inp in inputs:
+        dims = inp.type.tensor_type.shape.dim
+        shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
+        if override is not None and len(inputs) == 1:
+            if len(override) != len(shape) or any(
+                s > 0 and s != o for s, o in zip(shape, override, strict=True)
+            ):
+                want = ",".join(str(s) if s > 0 else "?" for s in shape)
+                raise SplitpipeError(
+                    f"input shape {list(override)} does not fit input {inp.name!r} of shape [{want}]"
+                )
+            shape = override
+        if any(d <= 0 for d in shape):
+            want = ",".join(str(s) if s > 0 else "?" for s in shape)
+            raise SplitpipeError(
+                f"input {inp.name!r} has free dimensions [{want}]; give --input-shape with every dimension"
+            )
+        shapes[inp.name] = shape
+    if override is not None and len(inputs) != 1:
+        raise SplitpipeError(f"--input-shape fits single-input models; this one has {len(inputs)} inputs")
+    return shapes
+
+
+def load_model(
+    spec_text: str,
+    input_shape: tuple[int, ...] | None = None,
+    weights: str | os.PathLike[str] | None = None,
+) -> LoadedModel:
+    """Load (and on first use export and cache) the model named by ``spec_text``."""
+    spec = parse_spec(spec_text)
+    weights_path = Path(weights) if weights else None
+    if weights_path and spec.kind == "onnx":
+        raise SplitpipeError("--weights applies to torch models; an ONNX file carries its own weights")
+    if weights_path and not weights_path.is_file():
+        raise SplitpipeError(f"weights file not found: {weights_path}")
+
+    if spec.kind == "onnx":
+        source = Path(spec.target)
+        if not source.is_file():
+            raise SplitpipeError(f"ONNX file not found: {source}")
+        key_parts = ["onnx", _sha256_file(source), str(input_shape)]
+    else:
+        shape = input_shape or DEFAULT_IMAGE_SHAPE
+        key_parts = [spec.kind, spec.target, str(shape)]
+        if weights_path:
+            key_parts.append(_sha256_file(weights_path))
+        try:
+            import torch
+
+            key_parts.append(torch.__version__)
+        except ImportError:
+            pass
+    key_parts += [_CACHE_VERSION, str(OPSET), str(IR_VERSION)]
+    key = hashlib.sha256("|".join(key_parts).encode()).hexdigest()[:20]
+    folder = cache_dir() / "models" / key
+    path = folder / "model.onnx"
+    meta_path = folder / "meta.json"
+
+    if not (path.is_file() and meta_path.is_file()):
+        if spec.kind == "onnx":
+            raw = _read_onnx(Path(spec.target))
+        else:
+            module = _torch_module(spec)
+            if weights_path:
+                _load_weights(module, weights_path)
+            raw = _export_torch(module, input_shape or DEFAULT_IMAGE_SHAPE)
+        shapes = _static_input_shapes(raw, input_shape if spec.kind == "onnx" else None)
+        normalized = normalize(raw, shapes)
+        preprocess = None
+        if spec.kind == "torchvision":
+            (only,) = shapes.values()
+            preprocess = {**IMAGENET, "size": list(only[-2:])}
+        _write_cached(
+            normalized, folder, {"spec": spec.text, "input_shapes": shapes, "preprocess": preprocess}
+        )
+
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    meta = json.loads(meta_path.read_text())
+    return LoadedModel(
+        spec=spec.text,
+        path=path,
+        model=model,
+        input_shapes={k: tuple(v) for k, v in meta["input_shapes"].items()},
+        preprocess=meta["preprocess"],
+    )
+
+
+def _write_cached(model: onnx.ModelProto, folder: Path, meta: dict[str, Any]) -> None:
+    import onnx
+
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    onnx.save_model(
+        model,
+        str(tmp / "model.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx" + _DATA_SUFFIX,
+        size_threshold=1024,
+    )
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)  # atomic: a crash never leaves a half-written cache entry
+
+
+def normalize(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """Fix input shapes, cap the IR version, infer every tensor's shape, keep a short label per node."""
+    import onnx
+
+    model.ir_version = min(model.ir_version, IR_VERSION)
+    for inp in model.graph.input:
+        if inp.name in input_shapes:
+            dims = inp.type.tensor_type.shape.dim
+            for d, size in zip(dims, input_shapes[inp.name], strict=True):
+                d.Clear()
+                d.dim_value = size
+    # Only the module path survives of the exporter's metadata (stack traces would bloat every half).
+    for node in model.graph.node:
+        label = _node_label(node)
+        del node.metadata_props[:]
+        if label:
+            node.metadata_props.add(key="label", value=label)
+    del model.graph.value_info[:]
+    try:
+        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:  # a custom op can stop inference; shapes then come from a probe run
+        _LOGGER.debug("ONNX shape inference failed: %s", exc)
+    return model
+
+
+def _node_label(node: onnx.NodeProto) -> str:
+    props = {p.key: p.value for p in node.metadata_props}
+    if "label" in props:
+        return props["label"]
+    scopes = props.get("pkg.torch.onnx.name_scopes")
+    if scopes:
+        try:
+            parts = [p.strip().strip("'\"") for p in scopes.strip("[]").split(",")]
+        except ValueError:
+            parts = []
+        parts = [p for p in parts if p]
+        # the last entry is the fx node's own name; the one before is the module path
+        if len(parts) >= 2:
+            return parts[-2]
+        if parts:
+            return parts[0]
+    return ""

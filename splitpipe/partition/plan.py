@@ -1,0 +1,359 @@
+"""A plan: every cut of a model with its predicted cost, the two baselines, and the Pareto front.
+
+:func:`make_plan` is a pure function of a :class:`PlanRequest` (plus the machine it measures
+on); the request is stored in the plan's JSON, so every plan can be re-run from its file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from splitpipe.devices.profile import DeviceProfile, load_profile
+from splitpipe.errors import SplitpipeError, choices
+from splitpipe.partition.cost import Stages, device_energy_mj, end_to_end, energy_source, parse_link
+from splitpipe.partition.cuts import Cut, find_cuts
+from splitpipe.partition.flops import peak_activation_bytes, total_flops, weight_bytes
+from splitpipe.partition.graph import Graph
+from splitpipe.partition.load import LoadedModel, load_model
+from splitpipe.partition.pareto import pareto_mask
+from splitpipe.partition.profile import MeasureOptions, Progress, Timings, analytic, measure
+
+_LOGGER = logging.getLogger(__name__)
+
+PLAN_FORMAT = "splitpipe-plan"
+PLAN_VERSION = 1
+#: objective name -> the option field it minimises
+OBJECTIVES = {
+    "latency": "e2e_ms",
+    "energy": "device_energy_mj",
+    "bytes": "tx_bytes",
+    "memory": "head_mem_bytes",
+}
+DEFAULT_OBJECTIVES = ("latency", "bytes", "energy")
+PROFILE_MODES = ("segments", "direct", "analytic")
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """Everything a plan depends on; stored in the plan JSON so the plan can be reproduced."""
+
+    model: str
+    input_shape: tuple[int, ...] | None = None
+    weights: str | None = None
+    device: str = "local"
+    server: str = "local"
+    link: str = "20mbit,10ms"
+    codec: str = "raw"
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
+    max_cut_tensors: int = 1
+    threads: int = 1
+    profile_mode: str = "segments"
+    repeats: int = 5
+    warmup: int = 2
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["input_shape"] = list(self.input_shape) if self.input_shape else None
+        out["objectives"] = list(self.objectives)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PlanRequest:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SplitpipeError(f"unknown plan request field(s) {unknown}; accepted: {sorted(known)}")
+        kwargs = dict(data)
+        if kwargs.get("input_shape"):
+            kwargs["input_shape"] = tuple(int(d) for d in kwargs["input_shape"])
+        if "objectives" in kwargs:
+            kwargs["objectives"] = tuple(kwargs["objectives"])
+        return cls(**kwargs)
+
+
+@dataclass
+class Option:
+    """One way to run the model: a split candidate, or a baseline (``local``, ``offload``)."""
+
+    id: int | str
+    label: str
+    tensors: list[dict[str, Any]]
+    codec: str
+    tx_bytes: int
+    head_ms: float
+    encode_ms: float
+    tx_ms: float
+    rtt_ms: float
+    decode_ms: float
+    tail_ms: float
+    reply_ms: float
+    e2e_ms: float
+    device_energy_mj: float
+    head_mem_bytes: int
+    head_flops: int
+    reply_bytes: int
+    pareto: bool = False
+    #: per figure: True where it is a prediction, False where it was measured
+    estimated: dict[str, bool] = field(default_factory=dict)
+
+    def objective_values(self, objectives: tuple[str, ...]) -> list[float]:
+        return [float(getattr(self, OBJECTIVES[o])) for o in objectives]
+
+
+@dataclass
+class Plan:
+    request: PlanRequest
+    model: str
+    input_shape: list[int]
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    device: dict[str, Any]
+    server: dict[str, Any]
+    link: dict[str, float]
+    codec: str
+    objectives: list[str]
+    candidates: list[Option]
+    baselines: dict[str, Option]
+    best: dict[str, int | str]
+    profiling: dict[str, Any]
+    planning_s: float
+
+    def options(self) -> list[Option]:
+        return [*self.candidates, *self.baselines.values()]
+
+    def candidate(self, split_id: int) -> Option:
+        for c in self.candidates:
+            if c.id == split_id:
+                return c
+        raise choices("split id", split_id, [c.id for c in self.candidates])
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"format": PLAN_FORMAT, "version": PLAN_VERSION}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "request":
+                value = value.to_json()
+            elif f.name == "candidates":
+                value = [asdict(c) for c in value]
+            elif f.name == "baselines":
+                value = {k: asdict(v) for k, v in value.items()}
+            out[f.name] = value
+        return out
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+            raise SplitpipeError("not a splitpipe plan JSON (missing format: splitpipe-plan)")
+        if data.get("version") != PLAN_VERSION:
+            raise SplitpipeError(
+                f"plan JSON version {data.get('version')!r} is not supported; accepted: {PLAN_VERSION}"
+            )
+        kw = {f.name: data[f.name] for f in fields(cls)}
+        kw["request"] = PlanRequest.from_json(data["request"])
+        kw["candidates"] = [Option(**c) for c in data["candidates"]]
+        kw["baselines"] = {k: Option(**v) for k, v in data["baselines"].items()}
+        return cls(**kw)
+
+
+def read_plan(path: str | Path) -> Plan:
+    p = Path(path)
+    if not p.is_file():
+        raise SplitpipeError(f"plan file not found: {p}")
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SplitpipeError(f"{p}: not a readable plan JSON ({exc})") from None
+    try:
+        return Plan.from_json(data)
+    except (KeyError, TypeError) as exc:
+        raise SplitpipeError(f"{p}: malformed plan JSON ({type(exc).__name__}: {exc})") from None
+
+
+def resolve_profile(name: str) -> DeviceProfile:
+    if name == "local":
+        from splitpipe.devices.microbench import local_profile
+
+        return local_profile()
+    return load_profile(name)
+
+
+def _validate(req: PlanRequest) -> None:
+    for o in req.objectives:
+        if o not in OBJECTIVES:
+            raise choices("objective", o, OBJECTIVES)
+    if not req.objectives:
+        raise SplitpipeError(f"no objectives given; accepted: {', '.join(OBJECTIVES)}")
+    if req.profile_mode not in PROFILE_MODES:
+        raise choices("profile mode", req.profile_mode, PROFILE_MODES)
+    if req.threads < 1:
+        raise SplitpipeError(f"--threads must be at least 1, got {req.threads}")
+    if req.repeats < 1 or req.warmup < 0:
+        raise SplitpipeError("--repeats must be at least 1 and --warmup at least 0")
+
+
+@dataclass
+class Analysis:
+    """The model-dependent part of a plan: loaded model, graph and cuts (reused by export)."""
+
+    loaded: LoadedModel
+    graph: Graph
+    cuts: list[Cut]
+
+
+def analyse(req: PlanRequest) -> Analysis:
+    loaded = load_model(req.model, req.input_shape, req.weights)
+    graph = Graph(loaded.model, loaded.path)
+    cuts = find_cuts(graph, req.max_cut_tensors)
+    return Analysis(loaded, graph, cuts)
+
+
+def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Analysis | None = None) -> Plan:
+    """Find every cut of the model, predict its cost on the device, link and server, and mark the front."""
+    _validate(req)
+    started = time.perf_counter()
+    link = parse_link(req.link)
+    device = resolve_profile(req.device)
+    server = resolve_profile(req.server)
+    a = analysis or analyse(req)
+    graph, cuts = a.graph, a.cuts
+    if not cuts:
+        _LOGGER.warning(
+            "no cut with at most %d crossing tensor(s); try --max-cut-tensors", req.max_cut_tensors
+        )
+
+    measured: Timings | None = None
+    if "local" in (req.device, req.server) and req.profile_mode != "analytic":
+        opts = MeasureOptions(
+            threads=req.threads, warmup=req.warmup, repeats=req.repeats, mode=req.profile_mode
+        )
+        measured = measure(graph, cuts, opts, progress)
+    dev_t = measured if measured and req.device == "local" else analytic(graph, cuts, device)
+    srv_t = measured if measured and req.server == "local" else analytic(graph, cuts, server)
+
+    outputs_bytes = sum(graph.info(t).nbytes for t in graph.outputs)
+    input_bytes = sum(graph.info(t).nbytes for t in graph.inputs)
+    e_src = energy_source(device)
+
+    def option(
+        oid: int | str, label: str, tensors: list[str], stages: Stages, mem: int, flops: int, sent: bool
+    ) -> Option:
+        times = end_to_end(stages, link if sent else None)
+        est = {
+            "head_ms": dev_t.estimated,
+            "tail_ms": srv_t.estimated,
+            "encode_ms": False,
+            "decode_ms": False,
+            "tx_bytes": False,
+            "tx_ms": sent,
+            "e2e_ms": sent or dev_t.estimated,
+            "device_energy_mj": True,
+            "head_mem_bytes": True,
+        }
+        return Option(
+            id=oid,
+            label=label,
+            tensors=[{**graph.info(t).to_json(), "bytes": graph.info(t).nbytes} for t in tensors],
+            codec=req.codec if sent else "none",
+            tx_bytes=stages.tx_bytes,
+            head_ms=stages.head_ms,
+            encode_ms=stages.encode_ms,
+            decode_ms=stages.decode_ms,
+            tail_ms=stages.tail_ms,
+            reply_bytes=stages.reply_bytes,
+            device_energy_mj=device_energy_mj(stages, times, device),
+            head_mem_bytes=mem,
+            head_flops=flops,
+            estimated=est,
+            tx_ms=times["tx_ms"],
+            rtt_ms=times["rtt_ms"],
+            reply_ms=times["reply_ms"],
+            e2e_ms=times["e2e_ms"],
+        )
+
+    candidates = []
+    for cut in cuts:
+        tx = sum(graph.info(t).nbytes for t in cut.tensors)
+        stages = Stages(dev_t.head_ms[cut.id], 0.0, tx, 0.0, srv_t.tail_ms[cut.id], outputs_bytes)
+        mem = weight_bytes(graph, cut.head) + peak_activation_bytes(graph, cut.head)
+        candidates.append(
+            option(cut.id, cut.label, list(cut.tensors), stages, mem, total_flops(graph, cut.head), True)
+        )
+
+    full_flops = total_flops(graph, graph.full)
+    local = option(
+        "local",
+        "all on the device",
+        [],
+        Stages(dev_t.full_ms, 0.0, 0, 0.0, 0.0, 0),
+        weight_bytes(graph, graph.full) + peak_activation_bytes(graph, graph.full),
+        full_flops,
+        False,
+    )
+    local.estimated["tail_ms"] = False
+    offload = option(
+        "offload",
+        "input sent as it is",
+        list(graph.inputs),
+        Stages(0.0, 0.0, input_bytes, 0.0, srv_t.full_ms, outputs_bytes),
+        0,
+        0,
+        True,
+    )
+    offload.codec = "raw"
+    offload.estimated["head_ms"] = False
+    baselines = {"local": local, "offload": offload}
+
+    objectives = tuple(req.objectives)
+    everything = [*candidates, local, offload]
+    for opt, ok in zip(
+        everything, pareto_mask([o.objective_values(objectives) for o in everything]), strict=True
+    ):
+        opt.pareto = ok
+    best = {
+        name: min(everything, key=lambda o, f=fieldname: (getattr(o, f), o.e2e_ms)).id  # type: ignore[misc]
+        for name, fieldname in OBJECTIVES.items()
+    }
+
+    def side(profile: DeviceProfile, t: Timings) -> dict[str, Any]:
+        return {
+            "name": profile.name,
+            "estimated": t.estimated,
+            "method": t.method,
+            "details": t.details,
+            "energy_source": e_src if profile is device else None,
+        }
+
+    return Plan(
+        request=req,
+        model=req.model,
+        input_shape=list(next(iter(a.loaded.input_shapes.values()))),
+        inputs=[graph.info(t).to_json() for t in graph.inputs],
+        outputs=[graph.info(t).to_json() for t in graph.outputs],
+        device=side(device, dev_t),
+        server=side(server, srv_t),
+        link=link.to_json(),
+        codec=req.codec,
+        objectives=list(objectives),
+        candidates=candidates,
+        baselines=baselines,
+        best=best,
+        profiling={
+            "whole_model_device_ms": dev_t.full_ms,
+            "whole_model_server_ms": srv_t.full_ms,
+            "graph_nodes": graph.n,
+            "cuts": len(cuts),
+            "max_cut_tensors": req.max_cut_tensors,
+        },
+        planning_s=time.perf_counter() - started,
+    )
+
+
+__all__ = ["OBJECTIVES", "Analysis", "Option", "Plan", "PlanRequest", "analyse", "make_plan", "read_plan"]

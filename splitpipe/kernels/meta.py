@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -263,6 +264,18 @@ def _build(fields: dict[str, Any], wire: str) -> CodecMeta:
     return meta
 
 
+# which of (scale, zero_point, axis, scales, zero_points) a codec carries, by (quantized, per channel)
+_NEED = {
+    (False, False): (False,) * 5,
+    (True, False): (True, True, False, False, False),
+    (True, True): (False, False, True, True, True),
+}
+
+
+def _f32_round(value: float) -> float:
+    return float(struct.unpack("<f", struct.pack("<f", value))[0])
+
+
 def validate(meta: CodecMeta) -> CodecSpec:
     """Check a CodecMeta however it was made (the decoder calls this on every payload): known
     codec and version, dtype, shape, and the scale fields its codec needs, in range."""
@@ -287,17 +300,13 @@ def validate(meta: CodecMeta) -> CodecSpec:
     ):
         raise CodecError(f"codec meta shape {shape!r} must be at most {MAX_RANK} non-negative integers")
 
-    present = {
-        k for k in ("scale", "zero_point", "axis", "scales", "zero_points") if getattr(meta, k) is not None
-    }
-    if not spec.quantized:
-        need: set[str] = set()
-    elif spec.per_channel:
-        need = {"axis", "scales", "zero_points"}
-    else:
-        need = {"scale", "zero_point"}
-    if present != need:
-        missing, extra = sorted(need - present), sorted(present - need)
+    have = (meta.scale, meta.zero_point, meta.axis, meta.scales, meta.zero_points)
+    need = _NEED[(spec.quantized, spec.per_channel)]
+    if tuple(v is not None for v in have) != need:
+        names = ("scale", "zero_point", "axis", "scales", "zero_points")
+        present = {k for k, v in zip(names, have, strict=True) if v is not None}
+        wanted = {k for k, n in zip(names, need, strict=True) if n}
+        missing, extra = sorted(wanted - present), sorted(present - wanted)
         parts = ([f"lacks {missing}"] if missing else []) + ([f"must not carry {extra}"] if extra else [])
         raise CodecError(f"codec meta for {spec.name} {' and '.join(parts)}")
     if not spec.quantized:
@@ -307,7 +316,7 @@ def validate(meta: CodecMeta) -> CodecSpec:
         scale, zp = meta.scale, meta.zero_point
         if type(scale) is not float or not (math.isfinite(scale) and 0 < scale <= _F32_MAX):
             raise CodecError(f"codec meta scale must be a finite positive float32, got {scale!r}")
-        if float(np.float32(scale)) != scale:
+        if _f32_round(scale) != scale:
             raise CodecError(f"codec meta scale {scale!r} is not a float32 value")
         if type(zp) is not int or not lo <= zp <= hi or (spec.symmetric and zp != 0):
             want = "0" if spec.symmetric else f"{lo}..{hi}"

@@ -46,11 +46,11 @@ class CodecSpec:
     entropy: str | None = None
     level: int | None = None
 
-    @property
+    @functools.cached_property
     def quantized(self) -> bool:
         return self.base in BITS
 
-    @property
+    @functools.cached_property
     def bits(self) -> int:
         return BITS[self.base]
 
@@ -64,7 +64,7 @@ class CodecSpec:
             name += "/ch"
         return name
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
         name = self.quant_name
         if self.entropy == "zstd":
@@ -73,7 +73,7 @@ class CodecSpec:
             name += "+lz4"
         return name
 
-    @property
+    @functools.cached_property
     def qrange(self) -> tuple[int, int]:
         """The range of stored codes."""
         if self.base == "int8":

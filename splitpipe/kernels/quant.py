@@ -137,7 +137,8 @@ def params_scalar(lo: float, hi: float, spec: CodecSpec) -> tuple[float, int]:
     if spec.symmetric:
         return float(scale), 0
     initial = _F32(qmin) - lo32 / scale
-    return float(scale), int(np.rint(min(max(initial, _F32(qmin)), _F32(qmax))))
+    # round() on a float is round-half-to-even, like np.rint and ONNX Runtime's RoundHalfToEven
+    return float(scale), round(float(min(max(initial, _F32(qmin)), _F32(qmax))))
 
 
 def params_from_range(lo: np.ndarray, hi: np.ndarray, spec: CodecSpec) -> tuple[np.ndarray, np.ndarray]:

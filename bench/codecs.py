@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _kernels_util as util  # noqa: E402
+import _kernels_util as util
 
 DEFAULT_CODECS = (
     "raw,fp16,int8,int8/sym,int8/ch,int8/sym/ch,uint4,uint4/ch,uint2,uint2/ch,"
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         ops = {"copy": x.copy}
         for n, c in codecs.items():
             payload, meta = encoded[n]
-            ops[f"enc:{n}"] = lambda c=c: c.encode(x)
+            ops[f"enc:{n}"] = lambda c=c, x=x: c.encode(x)
             ops[f"dec:{n}"] = lambda p=payload, m=meta: decode(p, m)
         med = util.side_by_side(ops, budget_s=args.budget)
         copy_s = med["copy"]

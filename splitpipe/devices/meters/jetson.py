@@ -215,7 +215,7 @@ class Ina3221Meter(Meter):
 # "POM_5V_IN 2478/2478" (L4T 32, mW without a unit) and "VDD_IN 5012mW/5012mW" (JetPack 5+):
 # current/average. The look-ahead keeps "RAM 2104/3956MB" and "IRAM 0/252kB" out.
 _TEGRA_RAIL = re.compile(r"\b([A-Z][A-Z0-9_]*)\s+(\d+(?:\.\d+)?)(?:mW)?/(\d+(?:\.\d+)?)(?:mW)?(?=\s|$)")
-_NOT_POWER = {"RAM", "SWAP", "IRAM", "LFB"}
+_NOT_POWER = {"RAM", "SWAP", "IRAM", "LFB", "NC"}
 
 
 def parse_tegrastats_line(line: str) -> dict[str, tuple[float, float]]:

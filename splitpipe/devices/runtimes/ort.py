@@ -77,12 +77,14 @@ class OrtRunner(Runner):
         threads: int | None = 1,
         providers: list[str] | None = None,
         optimization: str = "all",
+        log_severity: int = 3,
     ) -> None:
         super().__init__()
         self._model = model
         self.threads = threads
         self.providers = providers or ["cpu"]
         self.optimization = optimization
+        self.log_severity = log_severity
         self._session: Any = None
         self._inputs: list[TensorSpec] = []
         self._outputs: list[TensorSpec] = []
@@ -102,7 +104,7 @@ class OrtRunner(Runner):
         so.inter_op_num_threads = 1
         if self.threads is not None:
             so.intra_op_num_threads = self.threads
-        so.log_severity_level = 3
+        so.log_severity_level = self.log_severity
         model = self._model
         if not isinstance(model, bytes):
             path = Path(model)

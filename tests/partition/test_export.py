@@ -1,0 +1,99 @@
+"""Export: files, manifest, verification, batch dimension, and never clobbering a folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from splitpipe.errors import SplitpipeError
+from splitpipe.partition.export import export_split, sha256
+from splitpipe.partition.plan import PlanRequest, make_plan
+
+REQ = PlanRequest(
+    model="tests.fixtures.models:two_heads", input_shape=(1, 3, 32, 32), device="rpi4", server="gpu-server"
+)
+
+
+def test_export_writes_verified_halves(tmp_path: Path) -> None:
+    out = tmp_path / "split"
+    result = export_split(REQ, 3, out)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m == result.manifest
+    assert m["format"] == "splitpipe-export" and m["version"] == 1
+    assert m["split"] == {"id": 3, "label": "trunk.3"}
+    assert m["name"] == "two_heads-s3"
+    for part in ("head", "tail"):
+        f = m["files"][part]
+        assert sha256(out / f["path"]) == f["sha256"] and (out / f["path"]).stat().st_size == f["bytes"]
+    assert [o["name"] for o in m["outputs"]] == [
+        "linear",
+        "sigmoid",
+    ]  # both outputs of the detector-like model
+    assert m["verification"]["max_rel"] <= 1e-4 and m["verification"]["samples"] == 2
+    assert m["predictions"]["device"] == "rpi4" and m["predictions"]["estimated"]["head_ms"] is True
+    assert m["onnx"]["opset"] == 18
+
+    # run the halves by hand: tail(head(x)) == model(x)
+    x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    head = ort.InferenceSession(str(out / "head.onnx"))
+    tail = ort.InferenceSession(str(out / "tail.onnx"))
+    cut = head.run(None, {"x": x})
+    assert [i.name for i in tail.get_inputs()] == [c["name"] for c in m["cut"]]
+    got = tail.run(None, dict(zip([c["name"] for c in m["cut"]], cut)))
+    import torch
+
+    from tests.fixtures.models import two_heads
+
+    with torch.no_grad():
+        want = two_heads()(torch.from_numpy(x))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_tail_gets_a_free_batch_dimension_when_it_computes_batches_exactly(tmp_path: Path) -> None:
+    m = export_split(REQ, 3, tmp_path / "split").manifest
+    assert m["cut"][0]["shape"][0] is None
+    tail = ort.InferenceSession(str(tmp_path / "split" / "tail.onnx"))
+    batch = np.random.default_rng(0).standard_normal((4, 16, 8, 8)).astype(np.float32)
+    together = tail.run(None, {m["cut"][0]["name"]: batch})
+    for i in range(4):
+        alone = tail.run(None, {m["cut"][0]["name"]: batch[i : i + 1]})
+        for t, a in zip(together, alone):
+            np.testing.assert_allclose(t[i : i + 1], a, rtol=1e-5, atol=1e-6)
+
+
+def test_export_uses_the_plan_predictions(tmp_path: Path) -> None:
+    plan = make_plan(REQ)
+    m = export_split(REQ, 2, tmp_path / "s", plan=plan).manifest
+    assert m["predictions"]["e2e_ms"] == pytest.approx(plan.candidate(2).e2e_ms)
+
+
+def test_unknown_split_id(tmp_path: Path) -> None:
+    with pytest.raises(SplitpipeError, match=r"unknown split id 99; accepted: 0, 1, 2, 3"):
+        export_split(REQ, 99, tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+def test_never_overwrites_a_folder_that_is_not_an_export(tmp_path: Path) -> None:
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(SplitpipeError, match="not a splitpipe export directory"):
+        export_split(REQ, 1, precious)
+    assert (precious / "thesis.tex").read_text() == "years of work"
+    # an earlier export is replaced
+    export_split(REQ, 1, tmp_path / "again")
+    export_split(REQ, 2, tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "manifest.json").read_text())["split"]["id"] == 2
+
+
+def test_failed_verification_leaves_nothing(tmp_path: Path) -> None:
+    # a negative tolerance cannot be met: the export must fail and write nothing
+    with pytest.raises(SplitpipeError, match="above the tolerance"):
+        export_split(REQ, 1, tmp_path / "s", tolerance=-1.0)
+    assert not (tmp_path / "s").exists()
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,178 @@
+"""Plans: the Pareto front is exact, every figure says whether it was measured, JSON reproduces the plan."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from splitpipe.errors import SplitpipeError
+from splitpipe.partition.cost import Link, parse_link
+from splitpipe.partition.pareto import dominates, pareto_mask
+from splitpipe.partition.plan import OBJECTIVES, Plan, PlanRequest, make_plan, read_plan
+
+TINY = PlanRequest(model="tests.fixtures.models:tiny_net", input_shape=(1, 3, 32, 32), repeats=3, warmup=1)
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5), st.integers(0, 5)), max_size=30))
+def test_pareto_mask_is_exact(points: list[tuple[int, int, int]]) -> None:
+    mask = pareto_mask(points)
+    for p, on_front in zip(points, mask):
+        dominated = any(dominates(q, p) for q in points)
+        assert on_front == (not dominated)
+
+
+def assert_front_exact(plan: Plan) -> None:
+    options = plan.options()
+    objectives = tuple(plan.objectives)
+    for o in options:
+        beaten = any(
+            dominates(q.objective_values(objectives), o.objective_values(objectives)) for q in options
+        )
+        assert o.pareto == (not beaten), f"option {o.id} pareto={o.pareto} but dominated={beaten}"
+
+
+@pytest.fixture(scope="module")
+def tiny_plan() -> Plan:
+    return make_plan(TINY)
+
+
+def test_measured_plan_of_a_small_model(tiny_plan: Plan) -> None:
+    assert len(tiny_plan.candidates) >= 5
+    assert_front_exact(tiny_plan)
+    for c in tiny_plan.candidates:
+        assert c.head_ms > 0 and c.tail_ms > 0
+        assert c.estimated["head_ms"] is False and c.estimated["tail_ms"] is False  # measured here
+        assert c.estimated["e2e_ms"] is True and c.estimated["device_energy_mj"] is True
+        expected = c.head_ms + c.encode_ms + c.tx_ms + c.rtt_ms + c.decode_ms + c.tail_ms + c.reply_ms
+        assert c.e2e_ms == pytest.approx(expected)
+        assert c.tx_bytes == sum(t["bytes"] for t in c.tensors)
+    local, offload = tiny_plan.baselines["local"], tiny_plan.baselines["offload"]
+    assert local.tx_bytes == 0 and local.tx_ms == 0 and local.estimated["e2e_ms"] is False
+    assert offload.tx_bytes == 3 * 32 * 32 * 4 and offload.head_ms == 0
+    assert set(tiny_plan.best) == set(OBJECTIVES)
+    assert tiny_plan.device["estimated"] is False and tiny_plan.device["details"]["threads"] == 1
+
+
+def test_plan_json_round_trip_and_replay(tiny_plan: Plan, tmp_path: Path) -> None:
+    path = tmp_path / "plan.json"
+    tiny_plan.write(path)
+    data = json.loads(path.read_text())
+    for key in ["model", "input_shape", "device", "server", "link", "codec", "candidates", "baselines"]:
+        assert key in data
+    assert data["link"] == {"bandwidth_mbps": 20.0, "rtt_ms": 10.0}
+    for key in [
+        "id",
+        "tensors",
+        "tx_bytes",
+        "head_ms",
+        "tail_ms",
+        "encode_ms",
+        "decode_ms",
+        "tx_ms",
+        "e2e_ms",
+        "device_energy_mj",
+        "head_mem_bytes",
+        "pareto",
+        "estimated",
+    ]:
+        assert key in data["candidates"][0]
+        assert key in data["baselines"]["local"]
+    again = read_plan(path)
+    assert again.request == tiny_plan.request
+    assert [c.id for c in again.candidates] == [c.id for c in tiny_plan.candidates]
+    # a replayed request finds the same cuts
+    replay = make_plan(again.request)
+    assert [(c.id, c.tensors) for c in replay.candidates] == [(c.id, c.tensors) for c in tiny_plan.candidates]
+
+
+def test_analytic_plan_is_flagged_estimated() -> None:
+    plan = make_plan(
+        PlanRequest(
+            **{
+                **TINY.to_json(),
+                "input_shape": (1, 3, 32, 32),
+                "objectives": ("latency", "memory"),
+                "device": "rpi4",
+                "server": "gpu-server",
+            }
+        )
+    )
+    assert plan.device["estimated"] is True and plan.server["estimated"] is True
+    assert all(c.estimated["head_ms"] and c.estimated["tail_ms"] for c in plan.candidates)
+    assert plan.objectives == ["latency", "memory"]
+    assert_front_exact(plan)
+
+
+def test_slower_link_favours_fewer_bytes() -> None:
+    fast = make_plan(
+        PlanRequest(
+            **{
+                **TINY.to_json(),
+                "input_shape": (1, 3, 32, 32),
+                "link": "1gbit,1ms",
+                "device": "rpi4",
+                "server": "gpu-server",
+            }
+        )
+    )
+    slow = make_plan(
+        PlanRequest(
+            **{
+                **TINY.to_json(),
+                "input_shape": (1, 3, 32, 32),
+                "link": "1mbit,1ms",
+                "device": "rpi4",
+                "server": "gpu-server",
+            }
+        )
+    )
+    pick = {p.request.link: min(p.options(), key=lambda o: o.e2e_ms) for p in (fast, slow)}
+    assert pick["1mbit,1ms"].tx_bytes <= pick["1gbit,1ms"].tx_bytes
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("objectives", ("speed",), "unknown objective 'speed'"),
+        ("device", "jetson-xavier", "unknown device"),
+        ("link", "fast", "invalid link"),
+        ("profile_mode", "guess", "unknown profile mode"),
+        ("threads", 0, "threads"),
+    ],
+)
+def test_bad_requests(field: str, value: object, message: str) -> None:
+    req = PlanRequest(
+        **{
+            **TINY.to_json(),
+            "input_shape": (1, 3, 32, 32),
+            "objectives": tuple(TINY.objectives),
+            field: value,
+        }
+    )
+    with pytest.raises(SplitpipeError, match=message):
+        make_plan(req)
+
+
+def test_link_parsing() -> None:
+    assert parse_link("20mbit,10ms") == Link(20.0, 10.0)
+    assert parse_link("500kbit, 0.1s") == Link(0.5, 100.0)
+    assert Link(8.0, 0).tx_ms(1_000_000) == pytest.approx(1000.0)
+    for bad in ["20mbit", "20,10ms", "fast,10ms", "20mbit,10"]:
+        with pytest.raises(SplitpipeError):
+            parse_link(bad)
+
+
+def test_read_plan_errors(tmp_path: Path) -> None:
+    with pytest.raises(SplitpipeError, match="not found"):
+        read_plan(tmp_path / "none.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(SplitpipeError, match="not a readable plan"):
+        read_plan(bad)
+    bad.write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(SplitpipeError, match="not a splitpipe plan"):
+        read_plan(bad)

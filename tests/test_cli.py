@@ -1,0 +1,87 @@
+"""The command line: user errors are one line and exit code 2; the main flows run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = ["tests.fixtures.models:tiny_net", "--input-shape", "1,3,32,32"]
+
+
+def splitpipe(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "splitpipe", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or Path(__file__).resolve().parents[1],
+        timeout=600,
+    )
+
+
+def assert_user_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["plan", "resnet50"], ["unrecognised model spec 'resnet50'", "torchvision:NAME"]),
+        (["plan", "torchvision:resnet51"], ["unknown torchvision model 'resnet51'", "resnet50"]),
+        (["plan", "nowhere/model.onnx"], ["ONNX file not found"]),
+        (["plan", *TINY[:1], "--input-shape", "1,3,x"], ["invalid input shape"]),
+        (["plan", *TINY[:1], "--input-shape", "1,7,32,32"], ["does not accept input shape [1, 7, 32, 32]"]),
+        (["plan", *TINY, "--device", "jetson-xavier"], ["unknown device 'jetson-xavier'", "rpi4", "local"]),
+        (
+            ["plan", *TINY, "--objectives", "latency,speed"],
+            ["unknown objective 'speed'", "latency, energy, bytes, memory"],
+        ),
+        (["plan", *TINY, "--link", "fast"], ["invalid link 'fast'"]),
+        (["plan", *TINY, "--profile", "guess"], ["invalid choice: 'guess'"]),
+        (["plan"], ["no model given"]),
+        (
+            ["export", *TINY, "--split", "42", "--out", "/tmp/never-written"],
+            ["unknown split id 42; accepted: 0, 1"],
+        ),
+        (["export", *TINY, "--out", "/tmp/x"], ["--split"]),
+        (["plan", "--from", "/nonexistent/plan.json"], ["plan file not found"]),
+        (["nosuchcommand"], ["invalid choice"]),
+    ],
+)
+def test_user_errors_are_one_line(args: list[str], fragments: list[str]) -> None:
+    assert_user_error(splitpipe(*args), *fragments)
+
+
+def test_corrupt_onnx_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00\x01\x02 definitely not protobuf")
+    assert_user_error(splitpipe("plan", str(bad)), "is not a valid ONNX model")
+
+
+def test_plan_json_plot_and_export(tmp_path: Path) -> None:
+    plan_json, png = tmp_path / "plan.json", tmp_path / "front.png"
+    proc = splitpipe("plan", *TINY, "--link", "5mbit,40ms", "--json", str(plan_json), "--plot", str(png))
+    assert proc.returncode == 0, proc.stderr
+    assert "local" in proc.stdout and "offload" in proc.stdout and "Best per objective" in proc.stdout
+    plan = json.loads(plan_json.read_text())
+    assert plan["link"] == {"bandwidth_mbps": 5.0, "rtt_ms": 40.0}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    split = plan["candidates"][-1]["id"]
+    out = tmp_path / "export"
+    proc = splitpipe("export", "--plan", str(plan_json), "--split", str(split), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "max relative diff" in proc.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["split"]["id"] == split
+    assert manifest["predictions"]["e2e_ms"] == pytest.approx(plan["candidates"][-1]["e2e_ms"])
+    # the plan can be re-run from its JSON
+    again = splitpipe("plan", "--from", str(plan_json))
+    assert again.returncode == 0, again.stderr

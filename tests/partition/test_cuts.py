@@ -88,5 +88,8 @@ def test_every_cut_of_hand_built_graphs_exports_exactly(build, k: int, tmp_path:
         names = [t["name"] for t in result.manifest["cut"]]
         assert len(names) == len(cut.tensors)
         assert np.all(
-            [n.endswith(".cut") == (t in ("x", "z", "y1", "y2")) for n, t in zip(names, cut.tensors)]
+            [
+                n.endswith(".cut") == (t in ("x", "z", "y1", "y2"))
+                for n, t in zip(names, cut.tensors, strict=True)
+            ]
         )

@@ -43,14 +43,14 @@ def test_export_writes_verified_halves(tmp_path: Path) -> None:
     tail = ort.InferenceSession(str(out / "tail.onnx"))
     cut = head.run(None, {"x": x})
     assert [i.name for i in tail.get_inputs()] == [c["name"] for c in m["cut"]]
-    got = tail.run(None, dict(zip([c["name"] for c in m["cut"]], cut)))
+    got = tail.run(None, dict(zip([c["name"] for c in m["cut"]], cut, strict=True)))
     import torch
 
     from tests.fixtures.models import two_heads
 
     with torch.no_grad():
         want = two_heads()(torch.from_numpy(x))
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w.numpy(), rtol=1e-4, atol=1e-5)
 
 
@@ -62,7 +62,7 @@ def test_tail_gets_a_free_batch_dimension_when_it_computes_batches_exactly(tmp_p
     together = tail.run(None, {m["cut"][0]["name"]: batch})
     for i in range(4):
         alone = tail.run(None, {m["cut"][0]["name"]: batch[i : i + 1]})
-        for t, a in zip(together, alone):
+        for t, a in zip(together, alone, strict=True):
             np.testing.assert_allclose(t[i : i + 1], a, rtol=1e-5, atol=1e-6)
 
 

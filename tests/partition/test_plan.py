@@ -20,7 +20,7 @@ TINY = PlanRequest(model="tests.fixtures.models:tiny_net", input_shape=(1, 3, 32
 @given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5), st.integers(0, 5)), max_size=30))
 def test_pareto_mask_is_exact(points: list[tuple[int, int, int]]) -> None:
     mask = pareto_mask(points)
-    for p, on_front in zip(points, mask):
+    for p, on_front in zip(points, mask, strict=True):
         dominated = any(dominates(q, p) for q in points)
         assert on_front == (not dominated)
 

@@ -98,6 +98,7 @@ def _pick_meter(args: argparse.Namespace, base: Any) -> tuple[Any, str]:
 def run(args: argparse.Namespace) -> int:
     from splitpipe.devices.microbench import profile_this_machine
     from splitpipe.devices.profile import load_profile
+    from splitpipe.devices.runtimes.ort import resolve_providers
     from splitpipe.errors import SplitpipeError
 
     if args.threads < 1:
@@ -112,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         raise SplitpipeError(f"--out {out}: folder {out.parent} does not exist")
     name = args.name or out.stem
+    resolve_providers([args.provider])  # before any work: the error lists what exists
     base = load_profile(args.base) if args.base else None
     meter, power_note = _pick_meter(args, base)
     sys.stderr.write(power_note + "\n")

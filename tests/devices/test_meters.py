@@ -6,6 +6,7 @@ a copy of a recorded sysfs tree, or a script replaying a recorded tegrastats/vcg
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -205,7 +206,7 @@ def test_tegrastats_log_energy() -> None:
     lines = (COMMANDS / "tegrastats-jetson-nano.txt").read_text().splitlines()
     sample = tegrastats_log_energy(lines, interval_s=1.0)
     watts = [2.478, 2.600, 4.871, 4.952, 2.640]
-    assert sample.joules == pytest.approx(sum((a + b) / 2 for a, b in zip(watts, watts[1:], strict=False)))
+    assert sample.joules == pytest.approx(sum((a + b) / 2 for a, b in itertools.pairwise(watts)))
     assert sample.duration_s == 4.0 and sample.source == "tegrastats-log:POM_5V_IN"
     with pytest.raises(SplitpipeError, match="no power rails"):
         tegrastats_log_energy(["RAM 1/2MB"], interval_s=1.0)
@@ -221,7 +222,15 @@ def test_tegrastats_meter_replays_orin(tmp_path: Path) -> None:
 
 
 def test_tegrastats_meter_process_exits_mid_run(tmp_path: Path) -> None:
-    command = [*REPLAY, str(COMMANDS / "tegrastats-jetson-nano.txt"), "--stream", "--interval-ms", "50", "--count", "6"]
+    command = [
+        *REPLAY,
+        str(COMMANDS / "tegrastats-jetson-nano.txt"),
+        "--stream",
+        "--interval-ms",
+        "50",
+        "--count",
+        "6",
+    ]
     meter = TegrastatsMeter(command=command, interval_ms=50, rate_hz=100)
     sample = run_for(meter, 0.8)
     assert not sample.complete and "tegrastats stopped" in sample.note
@@ -263,7 +272,14 @@ def test_pi5_meter_on_a_pi4() -> None:
 
 def test_pi5_meter_command_starts_failing(tmp_path: Path) -> None:
     state = tmp_path / "calls"
-    command = [*REPLAY, str(COMMANDS / "vcgencmd-pmic_read_adc-pi5.txt"), "--fail-after", "4", "--state", str(state)]
+    command = [
+        *REPLAY,
+        str(COMMANDS / "vcgencmd-pmic_read_adc-pi5.txt"),
+        "--fail-after",
+        "4",
+        "--state",
+        str(state),
+    ]
     meter = Pi5PmicMeter(command=command, rate_hz=20)
     assert meter.is_available()  # call 1
     sample = run_for(meter, 0.6)  # calls 2-4 succeed, then vcgencmd fails
@@ -457,7 +473,9 @@ def test_detect_meter(tmp_path: Path) -> None:
     here = detect_meter(load_profile("rpi4"), root=empty)
     if isinstance(here, EstimatedMeter):
         assert not here.measured and here.source == "estimated:rpi4"
-    assert isinstance(detect_meter(root=empty, allow_estimate=False), (NullMeter, NvmlMeter, TegrastatsMeter, Pi5PmicMeter))
+    assert isinstance(
+        detect_meter(root=empty, allow_estimate=False), (NullMeter, NvmlMeter, TegrastatsMeter, Pi5PmicMeter)
+    )
 
 
 def test_available_meters_says_why_not(tmp_path: Path) -> None:

@@ -141,7 +141,9 @@ def test_profile_with_a_measured_meter_and_base(tmp_path: Path) -> None:
     shutil.copytree(FIXTURES / "sysfs" / "jetson-orin-nano", root)
     meter = Ina3221Meter(root=root, rate_hz=50)
     base = load_profile("jetson-orin-nano")
-    profile = profile_this_machine(quick=True, name="bench-orin", base=base, meter=meter, idle_s=0.1, load_s=0.1)
+    profile = profile_this_machine(
+        quick=True, name="bench-orin", base=base, meter=meter, idle_s=0.1, load_s=0.1
+    )
     assert profile.measured_power
     assert profile.idle_w == pytest.approx(5.072 * 0.987, rel=1e-3)
     assert profile.active_w == pytest.approx(profile.idle_w)  # a recorded tree does not change with load

@@ -15,11 +15,29 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BLOCKED = [
-    "torch", "torchvision", "onnx", "onnxscript", "tensorrt", "ray", "matplotlib", "rich",
-    "zstandard", "lz4", "numba", "PIL", "cv2", "pynvml",
+    "torch",
+    "torchvision",
+    "onnx",
+    "onnxscript",
+    "tensorrt",
+    "ray",
+    "matplotlib",
+    "rich",
+    "zstandard",
+    "lz4",
+    "numba",
+    "PIL",
+    "cv2",
+    "pynvml",
 ]
 #: imported if their package exists yet (others write them in parallel)
-PACKAGES = ["splitpipe", "splitpipe.devices.runtimes", "splitpipe.devices.meters", "splitpipe.kernels", "splitpipe.edge"]
+PACKAGES = [
+    "splitpipe",
+    "splitpipe.devices.runtimes",
+    "splitpipe.devices.meters",
+    "splitpipe.kernels",
+    "splitpipe.edge",
+]
 
 SCRIPT = textwrap.dedent(
     """

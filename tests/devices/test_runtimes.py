@@ -73,7 +73,9 @@ def _image() -> np.ndarray:
 def test_torch_runner_module() -> None:
     torch.manual_seed(0)
     model = small_model()
-    with create_runner("torch", model, inputs={"image": (1, 3, 8, 8)}, output_names=["map", "pooled"]) as runner:
+    with create_runner(
+        "torch", model, inputs={"image": (1, 3, 8, 8)}, output_names=["map", "pooled"]
+    ) as runner:
         assert [s.name for s in runner.outputs] == ["map", "pooled"]  # learned by the dry run
         out = runner.infer({"image": _image()})
         with torch.inference_mode():
@@ -91,8 +93,7 @@ def test_torch_runner_module() -> None:
 @needs_torch
 def test_torch_runner_needs_input_specs_for_a_module() -> None:
     with pytest.raises(SplitpipeError, match=r"needs inputs=.*forward takes \['image'\]"):
-        with create_runner("torch", small_model()):
-            pass
+        create_runner("torch", small_model()).activate()
 
 
 @needs_torch
@@ -119,13 +120,11 @@ def test_torch_runner_torchscript_and_exported_files(tmp_path: Path) -> None:
 @needs_torch
 def test_torch_runner_bad_files(tmp_path: Path) -> None:
     with pytest.raises(SplitpipeError, match="torch model file not found"):
-        with create_runner("torch", tmp_path / "none.pt", inputs={"x": (1,)}):
-            pass
+        create_runner("torch", tmp_path / "none.pt", inputs={"x": (1,)}).activate()
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a model")
     with pytest.raises(SplitpipeError, match="not a TorchScript file"):
-        with create_runner("torch", junk, inputs={"x": (1,)}):
-            pass
+        create_runner("torch", junk, inputs={"x": (1,)}).activate()
 
 
 @needs_torch

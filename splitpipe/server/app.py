@@ -22,16 +22,15 @@ import grpc
 
 from splitpipe.errors import SplitpipeError
 from splitpipe.proto.inference import grpc_service_pb2 as pb
-from splitpipe.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from splitpipe.server.batcher import Batcher
 from splitpipe.server.metrics import Metrics
 from splitpipe.server.models import TailModel, load_tails
 from splitpipe.server.options import ServerOptions
-from splitpipe.server.servicer import InferenceServicer, ServerState
+from splitpipe.server.servicer import SERVICE, InferenceServicer, ServerState, add_to_server
 
 _LOGGER = logging.getLogger(__name__)
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+SERVICE_NAME = SERVICE.full_name
 
 
 def grpc_options(options: ServerOptions) -> list[tuple[str, Any]]:
@@ -83,7 +82,7 @@ class InferenceServer:
         self._health = health
         self._batchers = {name: Batcher(model, options, metrics) for name, model in models.items()}
         self._servicer = InferenceServicer(models, self._batchers, options, metrics, state)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, server)
+        add_to_server(self._servicer, server)
         self._stats: asyncio.Task[None] | None = None
         self._stopped = False
 

@@ -115,6 +115,7 @@ class TailModel:
         self.output_index = {spec.name: i for i, spec in enumerate(self.outputs)}
         self.input_datatypes = [kserve_datatype(s.dtype) for s in self.inputs]
         self.output_datatypes = [kserve_datatype(s.dtype) for s in self.outputs]
+        self.all_outputs = list(range(len(self.outputs)))
 
     @property
     def codec(self) -> str | None:

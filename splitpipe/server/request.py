@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union, cast
 
 import grpc
 import numpy as np
@@ -27,6 +28,10 @@ STAGE_PARAMS = ("queue_us", "decode_us", "tail_us", "batch_size", "total_us")
 
 # Parameters of Triton's shared-memory extension, which this server does not offer.
 _SHM_PARAMS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+
+
+#: a received byte string: bytes, or a memoryview into the received message
+Buffer = Union[bytes, memoryview]  # noqa: UP007 (a runtime alias on Python 3.10)
 
 
 class InferError(Exception):
@@ -51,18 +56,18 @@ def _shape_text(shape: Any) -> str:
     return "[" + ",".join("-1" if d is None else str(d) for d in shape) + "]"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Input:
     """One checked input: where its bytes are and what they must decode to."""
 
     dtype: np.dtype[Any]
     shape: tuple[int, ...]
-    payload: bytes | None  # raw_input_contents entry (plain tensor or codec payload)
+    payload: Buffer | None  # raw_input_contents entry (plain tensor or codec payload)
     meta: Any = None  # CodecMeta when the payload is compressed
     contents: Any = None  # typed InferTensorContents field when no raw contents were sent
 
 
-@dataclass
+@dataclass(slots=True)
 class Prepared:
     """A request that passed every check that needs no decoding."""
 
@@ -130,39 +135,54 @@ def _codec_meta(name: str, params: Any) -> Any:
 
 
 def prepare(
-    request: pb.ModelInferRequest, model: TailModel, max_tensor_bytes: int, arrived: float
+    request: pb.ModelInferRequest,
+    model: TailModel,
+    max_tensor_bytes: int,
+    arrived: float,
+    payloads: Sequence[Buffer] | None = None,
 ) -> Prepared:
-    """Check ``request`` against ``model``; raises InferError naming the first problem."""
-    if request.model_version not in ("", MODEL_VERSION):
+    """Check ``request`` against ``model``; raises InferError naming the first problem.
+
+    ``payloads`` are the raw contents when they were split off the message without copying
+    (see :mod:`splitpipe.server.zerocopy`); None reads ``request.raw_input_contents``.
+    """
+    version = request.model_version
+    if version and version != MODEL_VERSION:
         raise InferError(
             grpc.StatusCode.NOT_FOUND,
-            f"model {model.name!r} has no version {request.model_version!r}; versions: {MODEL_VERSION}",
+            f"model {model.name!r} has no version {version!r}; versions: {MODEL_VERSION}",
         )
-    specs = model.inputs
-    got = [t.name for t in request.inputs]
-    if sorted(got) != sorted(s.name for s in specs):
-        raise invalid(f"model {model.name!r} takes inputs {[s.name for s in specs]}, the request has {got}")
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise invalid(
-            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; send one per input, in input order"
-        )
-    inputs: list[_Input | None] = [None] * len(specs)
-    for position, tensor in enumerate(request.inputs):
-        index = model.input_index[tensor.name]
+    tensors = request.inputs
+    count = len(tensors)
+    raw: Sequence[Buffer] = request.raw_input_contents if payloads is None else payloads
+    if raw and len(raw) != count:
+        raise invalid(f"{len(raw)} raw_input_contents for {count} inputs; send one per input, in input order")
+    inputs: list[_Input | None] = [None] * len(model.inputs)
+    for position, tensor in enumerate(tensors):
+        index = model.input_index.get(tensor.name)
+        if index is None or inputs[index] is not None or count != len(inputs):
+            raise invalid(
+                f"model {model.name!r} takes inputs {[s.name for s in model.inputs]}, "
+                f"the request has {[t.name for t in tensors]}"
+            )
         inputs[index] = _check_input(model, index, tensor, raw[position] if raw else None, max_tensor_bytes)
-    checked = [i for i in inputs if i is not None]
+    checked = cast("list[_Input]", inputs)
+    if not checked:
+        raise invalid(
+            f"model {model.name!r} takes inputs {[s.name for s in model.inputs]}, the request has none"
+        )
 
-    rows = 1
-    key = tuple(i.shape for i in checked)
     if model.batchable:
-        batch_sizes = {i.shape[0] for i in checked}
-        if len(batch_sizes) != 1:
-            raise invalid(f"inputs disagree on the batch size (first dimension): {sorted(batch_sizes)}")
-        rows = batch_sizes.pop()
+        rows = checked[0].shape[0]
+        if any(i.shape[0] != rows for i in checked):
+            sizes = sorted({i.shape[0] for i in checked})
+            raise invalid(f"inputs disagree on the batch size (first dimension): {sizes}")
         key = tuple(i.shape[1:] for i in checked)
+    else:
+        rows = 1
+        key = tuple(i.shape for i in checked)
 
-    outputs = list(range(len(model.outputs)))
+    outputs = model.all_outputs
     if request.outputs:
         try:
             outputs = [model.output_index[o.name] for o in request.outputs]
@@ -174,7 +194,7 @@ def prepare(
 
 
 def _check_input(
-    model: TailModel, index: int, tensor: Any, payload: bytes | None, max_tensor_bytes: int
+    model: TailModel, index: int, tensor: Any, payload: Buffer | None, max_tensor_bytes: int
 ) -> _Input:
     spec = model.inputs[index]
     name = spec.name
@@ -183,8 +203,8 @@ def _check_input(
         known = "" if numpy_dtype(tensor.datatype) is not None else " (not a datatype this server knows)"
         raise invalid(f"input {name!r} has datatype {tensor.datatype!r}{known}, the model takes {want_type}")
     shape = tuple(tensor.shape)
-    if len(shape) != len(spec.shape) or any(
-        d < 1 or (want is not None and d != want) for d, want in zip(shape, spec.shape, strict=False)
+    if len(shape) != len(spec.shape) or not all(
+        d >= 1 and (want is None or d == want) for d, want in zip(shape, spec.shape, strict=True)
     ):
         raise invalid(
             f"input {name!r} has shape {_shape_text(shape)}, the model takes {_shape_text(spec.shape)}"
@@ -196,7 +216,8 @@ def _check_input(
             f"input {name!r} of shape {_shape_text(shape)} would take {nbytes} bytes, "
             f"more than this server's limit of {max_tensor_bytes}"
         )
-    meta = _codec_meta(name, tensor.parameters)
+    params = tensor.parameters
+    meta = _codec_meta(name, params) if params else None
     if meta is not None:
         if payload is None:
             raise invalid(f"input {name!r}: a compressed tensor must travel in raw_input_contents")

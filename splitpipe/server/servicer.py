@@ -7,21 +7,22 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 import grpc
 
 from splitpipe import __version__
 from splitpipe.proto.inference import grpc_service_pb2 as pb
-from splitpipe.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from splitpipe.server.batcher import Batcher, Result
 from splitpipe.server.metrics import Metrics
 from splitpipe.server.models import MODEL_VERSION, PLATFORM, TailModel
 from splitpipe.server.options import ServerOptions
 from splitpipe.server.request import InferError, error_response, prepare, set_total
+from splitpipe.server.zerocopy import parse_infer_request
 
 _LOGGER = logging.getLogger(__name__)
 
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 SERVER_NAME = "splitpipe"
 #: protocol extensions this server offers (reported by ServerMetadata)
 EXTENSIONS = ("streaming", "splitpipe_codecs")
@@ -34,7 +35,14 @@ class ServerState:
     ready: bool = False
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+#: what the infer handlers receive: the request without raw contents, and the raw contents
+#: as views of the received bytes (see splitpipe.server.zerocopy)
+InferCall = tuple[pb.ModelInferRequest, Union[list[bytes], list[memoryview]]]  # noqa: UP007
+
+
+class InferenceServicer:
+    """The handlers of ``inference.GRPCInferenceService``; :func:`add_to_server` registers them."""
+
     def __init__(
         self,
         models: dict[str, TailModel],
@@ -98,10 +106,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return model
 
     # -- inference --------------------------------------------------------------------------
-    def _submit(self, request: pb.ModelInferRequest, arrived: float) -> asyncio.Future[Result]:
+    def _submit(self, call: InferCall, arrived: float) -> asyncio.Future[Result]:
         """Check the request and queue it; raises InferError for a bad one."""
+        request, payloads = call
         model = self._model(request.model_name)
-        item = prepare(request, model, self.options.max_tensor_bytes, arrived)
+        item = prepare(request, model, self.options.max_tensor_bytes, arrived, payloads)
         return self.batchers[model.name].submit(item)
 
     def _failed(self, request: pb.ModelInferRequest, exc: InferError) -> None:
@@ -109,10 +118,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.metrics.request_failed(model, exc.code.name)
         _LOGGER.debug("request %r for %r failed: %s", request.id, request.model_name, exc.message)
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+    async def ModelInfer(self, call: InferCall, context: Any) -> pb.ModelInferResponse:
         arrived = time.perf_counter()
+        request = call[0]
         try:
-            result = await self._submit(request, arrived)
+            result = await self._submit(call, arrived)
         except InferError as exc:
             result = exc
         if isinstance(result, InferError):
@@ -125,7 +135,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Any
+        self, request_iterator: AsyncIterator[InferCall], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         # A reader task keeps receiving while earlier requests run, so one stream can keep the
         # tail busy (and batches can form); responses leave in request order. The bounded queue
@@ -136,13 +146,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def read() -> None:
             try:
-                async for request in request_iterator:
+                async for call in request_iterator:
                     arrived = time.perf_counter()
                     try:
-                        outcome: Any = self._submit(request, arrived)
+                        outcome: Any = self._submit(call, arrived)
                     except InferError as exc:
                         outcome = exc
-                    await pending.put((request, arrived, outcome))
+                    await pending.put((call[0], arrived, outcome))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the client went away mid-stream
@@ -164,3 +174,34 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 yield result
         finally:
             reader.cancel()
+
+
+def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Register the handlers like the generated ``add_..._to_server``, except that infer requests
+    are parsed by :func:`~splitpipe.server.zerocopy.parse_infer_request`."""
+
+    def unary(handler: Any, request: Any, response: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
+            handler, request_deserializer=request.FromString, response_serializer=response.SerializeToString
+        )
+
+    handlers = {
+        "ServerLive": unary(servicer.ServerLive, pb.ServerLiveRequest, pb.ServerLiveResponse),
+        "ServerReady": unary(servicer.ServerReady, pb.ServerReadyRequest, pb.ServerReadyResponse),
+        "ModelReady": unary(servicer.ModelReady, pb.ModelReadyRequest, pb.ModelReadyResponse),
+        "ServerMetadata": unary(servicer.ServerMetadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+        "ModelMetadata": unary(servicer.ModelMetadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(
+            servicer.ModelInfer,
+            request_deserializer=parse_infer_request,
+            response_serializer=pb.ModelInferResponse.SerializeToString,
+        ),
+        "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
+            servicer.ModelStreamInfer,
+            request_deserializer=parse_infer_request,
+            response_serializer=pb.ModelStreamInferResponse.SerializeToString,
+        ),
+    }
+    assert set(handlers) == {m.name for m in SERVICE.methods}, "a method of the .proto has no handler"
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)

@@ -153,7 +153,6 @@ def _describe(tb: Any) -> list[str]:
 
 
 def _up(args: argparse.Namespace) -> int:
-    _require_root()
     from splitpipe.testbed import Testbed, TestbedOptions, parse_duration_ms, parse_rate, parse_share
 
     opts = TestbedOptions(
@@ -166,6 +165,7 @@ def _up(args: argparse.Namespace) -> int:
         device_core=args.device_core,
         server_core=args.server_core,
     )
+    _require_root()
     tb = Testbed(opts)
     tb.up(measure=not args.no_measure)
     print("\n".join(_describe(tb)))
@@ -218,19 +218,17 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _set(args: argparse.Namespace) -> int:
-    _require_root()
     from splitpipe.errors import SplitpipeError
     from splitpipe.testbed import Testbed, parse_duration_ms, parse_rate, parse_share
 
     if args.rate is None and args.rtt is None and args.device_cpu is None:
         raise SplitpipeError("nothing to set; give --rate, --rtt and/or --device-cpu")
+    rate = parse_rate(args.rate) if args.rate is not None else None
+    rtt = parse_duration_ms(args.rtt) if args.rtt is not None else None
+    cpu = parse_share(args.device_cpu) if args.device_cpu is not None else None
+    _require_root()
     tb = Testbed.attach(args.name)
-    result = tb.set(
-        rate_mbit=parse_rate(args.rate) if args.rate is not None else None,
-        rtt_ms=parse_duration_ms(args.rtt) if args.rtt is not None else None,
-        device_cpu=parse_share(args.device_cpu) if args.device_cpu is not None else None,
-        measure=not args.no_measure,
-    )
+    result = tb.set(rate_mbit=rate, rtt_ms=rtt, device_cpu=cpu, measure=not args.no_measure)
     print("\n".join(_describe(tb)))
     if result is not None:
         _write_json(args.json, result.to_dict())

@@ -55,6 +55,8 @@ _RELAY_QUEUE_MS = 6.0
 class TestbedError(SplitpipeError):
     """A system command of the testbed failed (ip, tc, cgroup files)."""
 
+    __test__ = False  # not a pytest test class, despite its name
+
 
 def sh(argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run a system command; a failure becomes one line naming the command and its stderr."""

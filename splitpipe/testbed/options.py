@@ -39,6 +39,8 @@ _MIN_QUOTA_US = 1000
 class TestbedOptions:
     """A testbed's configuration. Rates are Mbit/s on the wire (tbf counts Ethernet frames)."""
 
+    __test__ = False  # not a pytest test class, despite its name
+
     name: str = "sp"
     rate_mbit: float = 10.0
     rtt_ms: float = 20.0

@@ -81,6 +81,8 @@ class SideStatus:
 class TestbedStatus:
     """What exists of one testbed right now, and what its state file recorded."""
 
+    __test__ = False  # not a pytest test class, despite its name
+
     name: str
     state_file: bool
     sides: dict[str, SideStatus]
@@ -112,6 +114,8 @@ class TestbedStatus:
 
 class Testbed:
     """One named testbed. ``Testbed(options)`` or ``Testbed(name=..., rate_mbit=..., ...)``."""
+
+    __test__ = False  # not a pytest test class, despite its name
 
     def __init__(self, options: TestbedOptions | None = None, **kwargs: Any) -> None:
         if options is not None and kwargs:

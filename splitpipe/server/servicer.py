@@ -7,9 +7,10 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from splitpipe import __version__
 from splitpipe.proto.inference import grpc_service_pb2 as pb
@@ -17,7 +18,7 @@ from splitpipe.server.batcher import Batcher, Result
 from splitpipe.server.metrics import Metrics
 from splitpipe.server.models import MODEL_VERSION, PLATFORM, TailModel
 from splitpipe.server.options import ServerOptions
-from splitpipe.server.request import InferError, error_response, prepare, set_total
+from splitpipe.server.request import InferError, error_response, invalid, prepare, set_total
 from splitpipe.server.zerocopy import parse_infer_request
 
 _LOGGER = logging.getLogger(__name__)
@@ -35,9 +36,8 @@ class ServerState:
     ready: bool = False
 
 
-#: what the infer handlers receive: the request without raw contents, and the raw contents
-#: as views of the received bytes (see splitpipe.server.zerocopy)
-InferCall = tuple[pb.ModelInferRequest, Union[list[bytes], list[memoryview]]]  # noqa: UP007
+# stands in for a request that could not be parsed (no model name, no id to echo)
+_UNPARSED = pb.ModelInferRequest()
 
 
 class InferenceServicer:
@@ -106,25 +106,30 @@ class InferenceServicer:
         return model
 
     # -- inference --------------------------------------------------------------------------
-    def _submit(self, call: InferCall, arrived: float) -> asyncio.Future[Result]:
-        """Check the request and queue it; raises InferError for a bad one."""
-        request, payloads = call
-        model = self._model(request.model_name)
-        item = prepare(request, model, self.options.max_tensor_bytes, arrived, payloads)
-        return self.batchers[model.name].submit(item)
+    def _submit(
+        self, data: bytes, arrived: float
+    ) -> tuple[pb.ModelInferRequest, asyncio.Future[Result] | InferError]:
+        """Parse, check and queue one request; a bad one gets its InferError instead of a future."""
+        try:
+            request, payloads = parse_infer_request(data)
+        except DecodeError as exc:
+            return _UNPARSED, invalid(f"the request is not a valid ModelInferRequest: {exc}")
+        try:
+            model = self._model(request.model_name)
+            item = prepare(request, model, self.options.max_tensor_bytes, arrived, payloads)
+        except InferError as exc:
+            return request, exc
+        return request, self.batchers[model.name].submit(item)
 
     def _failed(self, request: pb.ModelInferRequest, exc: InferError) -> None:
         model = request.model_name if request.model_name in self.models else None
         self.metrics.request_failed(model, exc.code.name)
         _LOGGER.debug("request %r for %r failed: %s", request.id, request.model_name, exc.message)
 
-    async def ModelInfer(self, call: InferCall, context: Any) -> pb.ModelInferResponse:
+    async def ModelInfer(self, data: bytes, context: Any) -> pb.ModelInferResponse:
         arrived = time.perf_counter()
-        request = call[0]
-        try:
-            result = await self._submit(call, arrived)
-        except InferError as exc:
-            result = exc
+        request, outcome = self._submit(data, arrived)
+        result = outcome if isinstance(outcome, InferError) else await outcome
         if isinstance(result, InferError):
             self._failed(request, result)
             await context.abort(result.code, result.message)
@@ -135,24 +140,20 @@ class InferenceServicer:
         return response
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[InferCall], context: Any
+        self, request_iterator: AsyncIterator[bytes], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         # A reader task keeps receiving while earlier requests run, so one stream can keep the
         # tail busy (and batches can form); responses leave in request order. The bounded queue
         # holds at most stream_window requests; beyond that gRPC flow control slows the sender.
-        pending: asyncio.Queue[tuple[pb.ModelInferRequest, float, Any] | None] = asyncio.Queue(
+        pending: asyncio.Queue[tuple[pb.ModelInferRequest, Any, float] | None] = asyncio.Queue(
             maxsize=self.options.stream_window
         )
 
         async def read() -> None:
             try:
-                async for call in request_iterator:
+                async for data in request_iterator:
                     arrived = time.perf_counter()
-                    try:
-                        outcome: Any = self._submit(call, arrived)
-                    except InferError as exc:
-                        outcome = exc
-                    await pending.put((call[0], arrived, outcome))
+                    await pending.put((*self._submit(data, arrived), arrived))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the client went away mid-stream
@@ -162,7 +163,7 @@ class InferenceServicer:
         reader = asyncio.create_task(read())
         try:
             while (entry := await pending.get()) is not None:
-                request, arrived, outcome = entry
+                request, outcome, arrived = entry
                 result = outcome if isinstance(outcome, InferError) else await outcome
                 if isinstance(result, InferError):
                     self._failed(request, result)
@@ -178,7 +179,9 @@ class InferenceServicer:
 
 def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     """Register the handlers like the generated ``add_..._to_server``, except that infer requests
-    are parsed by :func:`~splitpipe.server.zerocopy.parse_infer_request`."""
+    arrive as bytes and are parsed by :func:`~splitpipe.server.zerocopy.parse_infer_request` in
+    the handler: a malformed message then gets INVALID_ARGUMENT (in a stream, an error response
+    and the stream goes on) instead of gRPC's UNKNOWN or an ended stream."""
 
     def unary(handler: Any, request: Any, response: Any) -> grpc.RpcMethodHandler:
         return grpc.unary_unary_rpc_method_handler(
@@ -193,12 +196,12 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
         "ModelMetadata": unary(servicer.ModelMetadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
         "ModelInfer": grpc.unary_unary_rpc_method_handler(
             servicer.ModelInfer,
-            request_deserializer=parse_infer_request,
+            request_deserializer=None,  # bytes: parsed in the handler, so errors get a status
             response_serializer=pb.ModelInferResponse.SerializeToString,
         ),
         "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
             servicer.ModelStreamInfer,
-            request_deserializer=parse_infer_request,
+            request_deserializer=None,  # bytes: parsed in the handler, so errors get a status
             response_serializer=pb.ModelStreamInferResponse.SerializeToString,
         ),
     }

@@ -57,6 +57,25 @@ def test_stop_turns_health_off_and_refuses_new_calls(exports: dict[str, Path]) -
         running.stop()
 
 
+def test_health_watchers_see_not_serving_when_shutdown_begins(exports: dict[str, Path]) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    running = ServerThread([exports["gemm"]]).start()
+    try:
+        with wire.channel(running.port) as chan:
+            watch = health_pb2_grpc.HealthStub(chan).Watch(
+                health_pb2.HealthCheckRequest(service=""), timeout=30
+            )
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            running.stop(grace=2.0)
+            statuses = []
+            with pytest.raises(grpc.RpcError):  # the watch is cancelled once the grace period ends
+                statuses.extend(reply.status for reply in watch)
+            assert statuses == [health_pb2.HealthCheckResponse.NOT_SERVING]
+    finally:
+        running.stop()
+
+
 def test_periodic_log_line(exports: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="splitpipe.server")
     with ServerThread([exports["gemm"]], ServerOptions(log_interval_s=0.2)) as running:

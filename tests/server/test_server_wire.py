@@ -240,3 +240,30 @@ def test_large_tensor_beyond_grpc_default_limit(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         wire.outputs(response)["y"], tiny_tails.run_tail(export, {"x": x})["y"], rtol=1e-5
     )
+
+
+def test_malformed_messages_get_invalid_argument_and_the_stream_goes_on(server: ServerThread) -> None:
+    from splitpipe.server.zerocopy import ZERO_COPY_FROM
+
+    good = wire.make_request(
+        "gemm", {"x": np.ones((1, 16), np.float32)}, request_id="good"
+    ).SerializeToString()
+    garbage = [
+        b"\xff\xff\xff",
+        b"\x3a\xff\xff\xff\xff\x0f" + b"\0" * ZERO_COPY_FROM,
+    ]  # small; large, lying length
+    with wire.channel(server.port) as chan:
+        unary = chan.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        for blob in garbage:
+            with pytest.raises(grpc.RpcError) as info:
+                unary(blob, timeout=30)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a valid ModelInferRequest" in info.value.details()
+        stream = chan.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            response_deserializer=pb.ModelStreamInferResponse.FromString,
+        )
+        responses = list(stream(iter([good, garbage[0], good, garbage[1], good]), timeout=30))
+    assert [bool(r.error_message) for r in responses] == [False, True, False, True, False]
+    assert all(r.infer_response.id == "good" for r in responses[::2])
+    assert "not a valid ModelInferRequest" in responses[1].error_message

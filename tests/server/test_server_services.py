@@ -68,7 +68,7 @@ def test_health_watchers_see_not_serving_when_shutdown_begins(exports: dict[str,
             )
             assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
             running.stop(grace=2.0)
-            statuses = []
+            statuses: list[int] = []
             with pytest.raises(grpc.RpcError):  # the watch is cancelled once the grace period ends
                 statuses.extend(reply.status for reply in watch)
             assert statuses == [health_pb2.HealthCheckResponse.NOT_SERVING]

@@ -497,3 +497,15 @@ def test_create_meter_errors(tmp_path: Path) -> None:
 def test_stop_without_start() -> None:
     with pytest.raises(RuntimeError, match="without start"):
         NullMeter().stop()
+
+
+def test_snapshots_from_another_thread_and_restart(tmp_path: Path) -> None:
+    """The agent takes snapshots per frame while the thread samples; a meter can run again."""
+    meter = Ina3221Meter(root=tree("jetson-orin-nano", tmp_path), rate_hz=500)
+    for _ in range(2):
+        meter.start()
+        seen = [meter.snapshot().joules for _ in range(50)]
+        sample = meter.stop()
+        assert seen == sorted(seen) and seen[-1] <= sample.joules
+        assert sample.joules == pytest.approx(5.072 * 0.987 * sample.covered_s, rel=1e-9)
+        assert sample.complete

@@ -87,6 +87,7 @@ class Meter(abc.ABC):
             raise SplitpipeError(f"meter rate_hz must be in (0, 1000], got {rate_hz!r}")
         self.rate_hz = float(rate)
         self._lock = threading.Lock()
+        self._take_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._reset()
@@ -194,22 +195,27 @@ class Meter(abc.ABC):
                 return
 
     def _take(self, *, first: bool = False) -> bool:
-        """Read the sensor once and integrate; False once the sensor is lost."""
-        if self._lost is not None:
-            return False
-        try:
-            reading = self._read()
-        except (SensorLost, OSError, ValueError) as exc:
-            if first:
-                self._on_stop()
-                raise UnavailableError(f"meter {self.name!r} cannot read its sensor: {exc}") from None
-            with self._lock:
-                self._lost = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                self._lost_at = time.perf_counter()
-            _LOGGER.warning("meter %s lost its sensor: %s", self.name, self._lost)
-            return False
-        self._add(time.perf_counter(), reading)
-        return True
+        """Read the sensor once and integrate; False once the sensor is lost.
+
+        Serialized: ``snapshot()`` on the caller's thread and the sampling thread must not
+        interleave a read and its timestamp with another's.
+        """
+        with self._take_lock:
+            if self._lost is not None:
+                return False
+            try:
+                reading = self._read()
+            except (SensorLost, OSError, ValueError) as exc:
+                if first:
+                    self._on_stop()
+                    raise UnavailableError(f"meter {self.name!r} cannot read its sensor: {exc}") from None
+                with self._lock:
+                    self._lost = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                    self._lost_at = time.perf_counter()
+                _LOGGER.warning("meter %s lost its sensor: %s", self.name, self._lost)
+                return False
+            self._add(time.perf_counter(), reading)
+            return True
 
     def _add(self, t: float, reading: Reading) -> None:
         """Integrate one reading taken at ``t`` into the running totals."""

@@ -21,6 +21,7 @@ the obvious numpy/Python versions the tests compare with.
 from __future__ import annotations
 
 import math
+import struct
 
 import numpy as np
 
@@ -119,6 +120,16 @@ _F32 = np.float32
 _LIMIT32, _TINY32, _ONE32, _ZERO32 = _F32(_RANGE_LIMIT), _F32(_TINY), _F32(1.0), _F32(0.0)
 
 
+_F32_STRUCT = struct.Struct("<f")
+
+
+def _f32(value: float) -> float:
+    """Round a Python float to float32. One IEEE operation on float32 operands done in float64
+    and rounded once gives the float32 result exactly (53 >= 2 * 24 + 2 bits), so this is
+    float32 arithmetic without numpy's per-scalar overhead."""
+    return float(_F32_STRUCT.unpack(_F32_STRUCT.pack(value))[0])
+
+
 def params_scalar(lo: float, hi: float, spec: CodecSpec) -> tuple[float, int]:
     """Per-tensor (scale, zero_point) from a float32 range, in float32 arithmetic like ONNX
     Runtime's DynamicQuantizeLinear, plus the guards in the module docstring.
@@ -126,19 +137,19 @@ def params_scalar(lo: float, hi: float, spec: CodecSpec) -> tuple[float, int]:
     qmin, qmax = spec.qrange
     # widen to contain 0; clip to +-2**126 so every code, zero-point rounding included, decodes
     # to a finite float32 (values beyond saturate)
-    lo32 = max(min(_F32(lo), _ZERO32), -_LIMIT32)
-    hi32 = min(max(_F32(hi), _ZERO32), _LIMIT32)
+    lo32 = max(min(lo, 0.0), -_RANGE_LIMIT)
+    hi32 = min(max(hi, 0.0), _RANGE_LIMIT)
     if spec.symmetric:
         amax = max(hi32, -lo32)
-        scale = amax / _F32(qmax) if amax > 0 else _ONE32
+        scale = _f32(amax / qmax) if amax > 0 else 1.0
     else:
-        scale = (hi32 - lo32) / _F32(qmax - qmin) if hi32 != lo32 else _ONE32
-    scale = max(scale, _TINY32)
+        scale = _f32(_f32(hi32 - lo32) / (qmax - qmin)) if hi32 != lo32 else 1.0
+    scale = max(scale, _TINY)
     if spec.symmetric:
-        return float(scale), 0
-    initial = _F32(qmin) - lo32 / scale
+        return scale, 0
+    initial = _f32(qmin - _f32(lo32 / scale))
     # round() on a float is round-half-to-even, like np.rint and ONNX Runtime's RoundHalfToEven
-    return float(scale), round(float(min(max(initial, _F32(qmin)), _F32(qmax))))
+    return scale, round(min(max(initial, float(qmin)), float(qmax)))
 
 
 def params_from_range(lo: np.ndarray, hi: np.ndarray, spec: CodecSpec) -> tuple[np.ndarray, np.ndarray]:

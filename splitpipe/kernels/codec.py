@@ -240,6 +240,8 @@ def decode(
     ref = impl == "reference"
     shape = meta.shape
     if spec.base == "raw":
+        if meta.dtype == "bool" and np.frombuffer(stream, np.uint8).max(initial=0) > 1:
+            raise CodecError("payload of a bool tensor holds bytes other than 0 and 1")
         return (
             np.frombuffer(stream, dtype=np.dtype(meta.dtype).newbyteorder("<"))
             .astype(meta.dtype)

@@ -229,3 +229,10 @@ def test_decode_validates_per_channel_metas_built_by_hand() -> None:
     ):
         with pytest.raises(CodecError, match=message):
             decode(payload, dataclasses.replace(meta, **change))  # type: ignore[arg-type]
+
+
+def test_bool_payload_must_hold_zeros_and_ones() -> None:
+    payload, meta = get_codec("raw").encode(np.array([True, False, True]))
+    assert decode(payload, meta).tolist() == [True, False, True]
+    with pytest.raises(CodecError, match="bytes other than 0 and 1"):
+        decode(b"\x01\x07\x00", meta)

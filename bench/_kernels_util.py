@@ -71,9 +71,10 @@ def bottleneck_tensors(image: np.ndarray) -> dict[str, np.ndarray]:
 
 def side_by_side(
     ops: dict[str, Callable[[], object]], *, min_reps: int = 15, budget_s: float = 3.0
-) -> dict[str, float]:
-    """Median seconds of each op, timed round-robin (one of each per round) so that load
-    changes on a shared machine hit all of them alike."""
+) -> dict[str, dict[str, float]]:
+    """Best and median seconds of each op, timed round-robin (one of each per round) so that
+    load changes on a shared machine hit all of them alike. The best time is the one least
+    disturbed by other jobs; the median shows how much they disturbed."""
     for fn in ops.values():
         fn()  # warm-up: sessions, caches
     times: dict[str, list[float]] = {k: [] for k in ops}
@@ -85,7 +86,9 @@ def side_by_side(
             fn()
             times[key].append(time.perf_counter() - t0)
         rounds += 1
-    return {k: float(np.median(v)) for k, v in times.items()}
+    return {
+        k: {"best": float(np.min(v)), "median": float(np.median(v)), "n": len(v)} for k, v in times.items()
+    }
 
 
 def machine() -> dict[str, Any]:

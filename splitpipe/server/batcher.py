@@ -1,10 +1,12 @@
 """Dynamic batching: requests for one tail, from every stream and client, share tail runs.
 
-One :class:`Batcher` per tail. Requests queue in arrival order; a worker takes the queued
-prefix whose non-batch dimensions agree, up to ``max_batch`` rows, waiting at most
-``batch_timeout_us`` after the first one for more, and runs decode + tail + response building
-in a thread, so the event loop keeps receiving while the tail runs. While a run is busy the
-next batch fills up by itself, which is why a timeout of 0 already batches under load.
+One :class:`Batcher` per tail, with ``instances`` tail threads. The event loop appends checked
+requests to a queue; a tail thread takes the queued prefix whose non-batch dimensions agree, up
+to ``max_batch`` rows, waiting at most ``batch_timeout_us`` after the first one for more, runs
+decode + tail + response building, and hands the results back to the loop in one callback. The
+loop keeps receiving meanwhile, and a thread that finishes a run finds the requests that came in
+during it already queued: that is why a timeout of 0 already batches under load, and why a busy
+server pays one thread hand-off per batch rather than per request.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import Union
 
 import grpc
@@ -39,40 +41,54 @@ class Batcher:
         self.max_bytes = options.max_tensor_bytes
         self.instances = options.instances
         self._metrics = metrics
+        # Shared by the event loop (appends) and the tail threads (take batches), under _cond.
         self._queue: deque[tuple[Prepared, asyncio.Future[Result]]] = deque()
-        self._wakeup = asyncio.Event()
-        self._forming = asyncio.Lock()
-        self._executor = ThreadPoolExecutor(options.instances, thread_name_prefix=f"tail-{model.name}")
-        self._workers: list[asyncio.Task[None]] = []
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        self._workers = [
-            asyncio.create_task(self._work(), name=f"batcher-{self.model.name}-{i}")
+        """Start the tail threads; call from the event loop that will submit requests."""
+        self._loop = asyncio.get_running_loop()
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"tail-{self.model.name}-{i}", daemon=True)
             for i in range(self.instances)
         ]
+        for thread in self._threads:
+            thread.start()
 
     async def stop(self) -> None:
-        """Stop the workers; requests still queued are answered UNAVAILABLE."""
-        for task in self._workers:
-            task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-        self._workers = []
+        """Let running batches finish, stop the threads; requests still queued are answered
+        UNAVAILABLE."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        threads, self._threads = self._threads, []
+
+        def join() -> None:
+            for thread in threads:
+                thread.join()
+
+        await asyncio.get_running_loop().run_in_executor(None, join)
+        await asyncio.sleep(0)  # deliver what the threads handed over while stopping
         gone = InferError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
-        while self._queue:
-            _, future = self._queue.popleft()
-            if not future.done():
-                future.set_result(gone)
-        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+        with self._cond:
+            left = list(self._queue)
+            self._queue.clear()
+        _deliver(left, [gone] * len(left))
 
     def submit(self, item: Prepared) -> asyncio.Future[Result]:
         """Queue a checked request; the future resolves to its response or its InferError."""
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        assert self._loop is not None, "Batcher.start() first"
+        future: asyncio.Future[Result] = self._loop.create_future()
         item.enqueued = time.perf_counter()
-        self._queue.append((item, future))
-        self._wakeup.set()
+        with self._cond:
+            self._queue.append((item, future))
+            self._cond.notify()
         return future
 
-    # -- forming batches (event loop) -------------------------------------------------------
+    # -- forming batches (tail threads, under _cond) -----------------------------------------
     def _prefix(self) -> tuple[int, bool]:
         """How many queued requests the next batch takes, and whether it is complete (full, or
         stopped by a request that cannot join) rather than merely out of queued requests."""
@@ -85,42 +101,42 @@ class Batcher:
             count += 1
         return count, rows >= self.max_rows
 
-    async def _next_batch(self) -> list[tuple[Prepared, asyncio.Future[Result]]]:
-        while not self._queue:
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        if self.max_rows > 1 and self.timeout_s > 0:
-            deadline = self._queue[0][0].enqueued + self.timeout_s
-            while not self._prefix()[1]:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except asyncio.TimeoutError:
-                    break
-        count = self._prefix()[0] if self.max_rows > 1 else 1
-        return [self._queue.popleft() for _ in range(count)]
+    def _next_batch(self) -> list[tuple[Prepared, asyncio.Future[Result]]] | None:
+        """Wait for a batch (None: stop). While a run is busy nobody waits here, so requests
+        that arrive meanwhile form the next batch."""
+        with self._cond:
+            while True:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return None
+                if self.max_rows == 1:
+                    return [self._queue.popleft()]
+                if self.timeout_s > 0:
+                    deadline = self._queue[0][0].enqueued + self.timeout_s
+                    while self._queue and not self._stopping and not self._prefix()[1]:
+                        remaining = deadline - time.perf_counter()
+                        if remaining <= 0:
+                            break
+                        self._cond.wait(remaining)
+                    if not self._queue or self._stopping:
+                        continue  # another instance took them, or we are stopping
+                count = self._prefix()[0]
+                return [self._queue.popleft() for _ in range(count)]
 
-    async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            async with self._forming:
-                batch = await self._next_batch()
+    def _serve(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        while (batch := self._next_batch()) is not None:
             try:
-                results = await loop.run_in_executor(self._executor, self._execute, [b[0] for b in batch])
-            except asyncio.CancelledError:
-                gone = InferError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
-                results = [gone] * len(batch)
-                raise
+                results = self._execute([b[0] for b in batch])
             except Exception as exc:  # a bug in this module: fail the batch, keep serving
                 _LOGGER.exception("batch of %s failed", self.model.name)
                 results = [InferError(grpc.StatusCode.INTERNAL, f"internal error: {exc}")] * len(batch)
-            finally:
-                for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
+            try:
+                loop.call_soon_threadsafe(_deliver, batch, results)
+            except RuntimeError:  # the loop is closed: nobody waits for these any more
+                return
 
     # -- running a batch (tail thread) ------------------------------------------------------
     def _execute(self, items: list[Prepared]) -> list[Result]:
@@ -177,3 +193,9 @@ class Batcher:
                 batch_size=rows,
             )
             offset += item.rows
+
+
+def _deliver(batch: list[tuple[Prepared, asyncio.Future[Result]]], results: list[Result]) -> None:
+    for (_, future), result in zip(batch, results, strict=True):
+        if not future.done():  # a cancelled call no longer waits
+            future.set_result(result)

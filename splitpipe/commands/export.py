@@ -28,6 +28,17 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--tolerance", type=float, default=1e-4, help="largest relative difference accepted (default 1e-4)"
     )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="store static codec scales, from the cut tensors of a few inputs, in the manifest",
+    )
+    p.add_argument(
+        "--fold-qdq",
+        action="store_true",
+        help="bake a symmetric int8 codec into the graphs (QuantizeLinear at the end of the head, "
+        "DequantizeLinear at the start of the tail) for TensorRT and stock Triton",
+    )
     p.set_defaults(func=run)
 
 
@@ -45,13 +56,32 @@ def run(args: argparse.Namespace) -> int:
             raise SplitpipeError(f"--plan is for model {req.model!r}, not {args.model!r}")
     else:
         req = request_from_args(args)
-    result = export_split(req, args.split, args.out, plan=plan, tolerance=args.tolerance, name=args.name)
+    result = export_split(
+        req,
+        args.split,
+        args.out,
+        plan=plan,
+        tolerance=args.tolerance,
+        name=args.name,
+        codec=args.codec,
+        calibrate=args.calibrate,
+        fold_qdq=args.fold_qdq,
+    )
     v = result.manifest["verification"]
     print(f"exported split {args.split} ({result.manifest['split']['label']}) of {req.model} to {result.out}")
     print(
         f"  head.onnx {result.manifest['files']['head']['bytes']:,} B, tail.onnx {result.manifest['files']['tail']['bytes']:,} B, "
         f"cut {', '.join(str(t['shape']) for t in result.manifest['cut'])}"
     )
+    codec = result.manifest["codec"]
+    folded = f", folded {codec['folded']} into the graphs" if codec.get("folded") else ""
+    static = ", static scales" if codec.get("calibration") else ""
+    print(f"  codec {codec['name']}{folded}{static}")
+    if "quantized_vs_model_max_rel" in v:
+        print(
+            f"  folded graphs send the same int8 codes as the codec ({v['folded_codes_differing']} differ); "
+            f"quantization changes the output by {v['quantized_vs_model_max_rel']:.3g} (relative)"
+        )
     print(
         f"  verified on {v['samples']} random inputs: max abs diff {v['max_abs']:.3g}, max relative diff "
         f"{v['max_rel']:.3g} (tolerance {v['tolerance']:g})"

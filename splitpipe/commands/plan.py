@@ -32,7 +32,24 @@ def add_cost_arguments(p: argparse.ArgumentParser) -> None:
         "--server", default="local", help="server profile (default local: measured on this machine)"
     )
     p.add_argument("--link", default="20mbit,10ms", help="bandwidth,round-trip time (default 20mbit,10ms)")
-    p.add_argument("--codec", default="raw", help="bottleneck codec (default raw float32)")
+    p.add_argument(
+        "--codec",
+        default="raw",
+        help="bottleneck codec, e.g. int8, int8/ch+zstd, uint4+lz4, fp16, raw (default), or auto "
+        "(per split, the fewest bytes within --max-error; docs/codecs.md)",
+    )
+    p.add_argument(
+        "--max-error",
+        type=float,
+        default=None,
+        help="for --codec auto: largest relative L2 error the codec may add to the cut tensor (default 0.01)",
+    )
+    p.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=2,
+        help="random inputs the codec is measured on (default 2)",
+    )
     p.add_argument(
         "--threads", type=int, default=1, help="ONNX Runtime intra-op threads when measuring (default 1)"
     )
@@ -78,7 +95,9 @@ def request_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         device=args.device,
         server=args.server,
         link=args.link,
-        codec=args.codec,
+        codec=args.codec or "raw",
+        max_error=args.max_error,
+        calibration_samples=args.calibration_samples,
         objectives=objectives,
         max_cut_tensors=args.max_cut_tensors,
         threads=args.threads,

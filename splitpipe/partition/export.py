@@ -138,9 +138,21 @@ def export_split(
     tolerance: float = DEFAULT_TOLERANCE,
     samples: int = 2,
     name: str | None = None,
+    codec: str | None = None,
+    calibrate: bool = False,
+    fold_qdq: bool = False,
 ) -> ExportResult:
-    """Write the split ``split_id`` of ``req.model`` to ``out`` and verify it."""
+    """Write the split ``split_id`` of ``req.model`` to ``out`` and verify it.
+
+    ``codec`` defaults to the plan's choice for this split. ``calibrate`` stores static scales
+    (from the cut tensors of ``req.calibration_samples`` random inputs) in the manifest.
+    ``fold_qdq`` (symmetric int8 codecs) bakes the quantization into the graphs: the head ends
+    in QuantizeLinear and sends int8, the tail starts with DequantizeLinear, so that runtimes
+    that know only standard ONNX (TensorRT, a stock Triton server) carry the compression.
+    """
     import onnx
+
+    from splitpipe.kernels import get_codec, parse_name
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").is_file())):
@@ -154,13 +166,41 @@ def export_split(
     if plan is None:
         plan = make_plan(PlanRequest(**{**asdict(req), "profile_mode": "analytic"}), analysis=a)
     predicted = plan.candidate(split_id)
+    codec_name = codec or predicted.codec
+    get_codec(codec_name)  # an unknown name fails here, listing the accepted forms
+    spec = parse_name(codec_name)
+    if fold_qdq and not (spec.base == "int8" and spec.symmetric):
+        raise SplitpipeError(
+            "--fold-qdq needs a symmetric int8 codec (int8/sym or int8/sym/ch, optionally with +zstd or +lz4), "
+            f"got {codec_name}"
+        )
+    if calibrate and not spec.quantized:
+        raise SplitpipeError(
+            f"codec {codec_name} has no scales to calibrate; --calibrate applies to int8, uint4, uint2"
+        )
+    calibrations = (
+        _calibrate(graph, cut, spec.quant_name, req.calibration_samples) if calibrate or fold_qdq else {}
+    )
+    codec_entry: dict[str, Any] = {
+        "name": codec_name,
+        "calibration": {wire_name(graph, t): c.to_json() for t, c in calibrations.items()} or None,
+    }
 
     base = graph.model_path.parent if graph.model_path else Path(".")
     head = self_contained(head_model(graph, cut), base)
     tail = self_contained(tail_model(graph, cut), base)
     feeds = [random_feed((graph.info(t) for t in graph.inputs), seed=s) for s in range(samples)]
-    tail_feed = _run(head.SerializeToString(), _head_feed(head, feeds[0]))
-    batched = batchable(tail, tail_feed)
+    verification = _verify(graph, head, tail, feeds, split_id, tolerance)
+    if fold_qdq:
+        folded_head, folded_tail = fold(graph, cut, head, tail, calibrations)
+        verification.update(
+            _verify_folded(graph, cut, head, tail, folded_head, folded_tail, calibrations, feeds, tolerance)
+        )
+        head, tail = folded_head, folded_tail
+        # The wire now carries the int8 tensors as they are; only a lossless stage is left to apply.
+        codec_entry["folded"] = spec.quant_name
+        codec_entry["name"] = "raw" + codec_name[len(spec.quant_name) :]
+    batched = batchable(tail, _run(head.SerializeToString(), _head_feed(head, feeds[0])))
     if batched is not None:
         tail = batched
 
@@ -170,36 +210,166 @@ def export_split(
     try:
         onnx.save_model(head, str(tmp / "head.onnx"))
         onnx.save_model(tail, str(tmp / "tail.onnx"))
-        max_abs = max_rel = 0.0
-        for feed in feeds:
-            want = _run(graph.model_path or Path("missing"), feed)
-            mid = _run(tmp / "head.onnx", _head_feed(head, feed))
-            got = _run(tmp / "tail.onnx", mid)
-            d_abs, d_rel = compare(want, got)
-            max_abs, max_rel = max(max_abs, d_abs), max(max_rel, d_rel)
-        if not max_rel <= tolerance:
-            raise SplitpipeError(
-                f"split {split_id}: tail(head(x)) differs from the model by {max_rel:.3g} (relative, max abs "
-                f"{max_abs:.3g}), above the tolerance {tolerance:g}; nothing was written"
-            )
-        manifest = _manifest(req, a, cut, plan, predicted, tmp, batched is not None, name)
-        manifest["verification"] = {
-            "samples": samples,
-            "max_abs": max_abs,
-            "max_rel": max_rel,
-            "tolerance": tolerance,
-        }
+        manifest = _manifest(req, a, cut, plan, predicted, tmp, batched is not None, name, head, codec_entry)
+        manifest["verification"] = verification
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return ExportResult(out, manifest, max_abs, max_rel)
+    return ExportResult(out, manifest, verification["max_abs"], verification["max_rel"])
+
+
+def _verify(
+    graph: Graph,
+    head: onnx.ModelProto,
+    tail: onnx.ModelProto,
+    feeds: list[dict[str, np.ndarray]],
+    split_id: int,
+    tolerance: float,
+) -> dict[str, Any]:
+    """tail(head(x)) against the whole model; SplitpipeError above ``tolerance``."""
+    head_b, tail_b = head.SerializeToString(), tail.SerializeToString()
+    max_abs = max_rel = 0.0
+    for feed in feeds:
+        want = _run(graph.model_path or Path("missing"), feed)
+        got = _run(tail_b, _run(head_b, _head_feed(head, feed)))
+        d_abs, d_rel = compare(want, got)
+        max_abs, max_rel = max(max_abs, d_abs), max(max_rel, d_rel)
+    if not max_rel <= tolerance:
+        raise SplitpipeError(
+            f"split {split_id}: tail(head(x)) differs from the model by {max_rel:.3g} (relative, max abs "
+            f"{max_abs:.3g}), above the tolerance {tolerance:g}; nothing was written"
+        )
+    return {"samples": len(feeds), "max_abs": max_abs, "max_rel": max_rel, "tolerance": tolerance}
+
+
+def _verify_folded(
+    graph: Graph,
+    cut: Cut,
+    head: onnx.ModelProto,
+    tail: onnx.ModelProto,
+    folded_head: onnx.ModelProto,
+    folded_tail: onnx.ModelProto,
+    calibrations: dict[str, Any],
+    feeds: list[dict[str, np.ndarray]],
+    tolerance: float,
+) -> dict[str, Any]:
+    """The folded graphs must send the same int8 codes as the kernel codec and compute the same result.
+
+    Reference: the plain head, then the kernel codec with the same static scales (encode and
+    decode), then the plain tail. The folded halves must match it code for code on the wire,
+    and within ``tolerance`` at the output. The quantization's own effect on the output (folded
+    pipeline against the float model) is reported, not judged: choosing the codec is the plan's job.
+    """
+    from splitpipe.kernels import get_codec
+
+    codecs = {wire_name(graph, t): get_codec(c.codec, calibration=c) for t, c in calibrations.items()}
+    worst_rel = codes_differ = 0.0
+    quant_rel = 0.0
+    for feed in feeds:
+        hf = _head_feed(head, feed)
+        plain_mid = _run(head.SerializeToString(), hf)
+        folded_mid = _run(folded_head.SerializeToString(), hf)
+        restored = {}
+        for wire, codec in codecs.items():
+            payload, meta = codec.encode(plain_mid[wire])
+            codes_differ += int(
+                np.count_nonzero(np.frombuffer(payload, np.int8) != folded_mid[wire].reshape(-1))
+            )
+            restored[wire] = codec.decode(payload, meta)
+        reference = _run(tail.SerializeToString(), restored)
+        got = _run(folded_tail.SerializeToString(), folded_mid)
+        worst_rel = max(worst_rel, compare(reference, got)[1])
+        quant_rel = max(quant_rel, compare(_run(graph.model_path or Path("missing"), feed), got)[1])
+    if codes_differ or not worst_rel <= tolerance:
+        raise SplitpipeError(
+            f"folded QuantizeLinear/DequantizeLinear disagree with the int8 codec ({int(codes_differ)} codes differ, "
+            f"outputs by {worst_rel:.3g} relative); nothing was written"
+        )
+    return {
+        "folded_vs_codec_max_rel": worst_rel,
+        "folded_codes_differing": 0,
+        "quantized_vs_model_max_rel": quant_rel,
+    }
 
 
 def _head_feed(head: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {i.name: feed[i.name] for i in head.graph.input}
+
+
+def _calibrate(graph: Graph, cut: Cut, quant_name: str, count: int) -> dict[str, Any]:
+    """Static scales per cut tensor, from its values for ``count`` random inputs."""
+    from splitpipe.kernels import calibrate
+    from splitpipe.partition.profile import probe
+
+    feeds = [random_feed((graph.info(t) for t in graph.inputs), seed=100 + s) for s in range(count)]
+    values = probe(graph, list(cut.tensors), feeds)
+    return {t: calibrate(quant_name, [v[t] for v in values]) for t in cut.tensors}
+
+
+def fold(
+    graph: Graph, cut: Cut, head: onnx.ModelProto, tail: onnx.ModelProto, calibrations: dict[str, Any]
+) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """Copies of the halves with QuantizeLinear after the head's cut outputs and DequantizeLinear
+    before the tail's cut inputs. The int8 tensor keeps the cut tensor's wire name; the float
+    tensor is renamed inside each half."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from splitpipe.kernels import qdq_params
+
+    head, tail = _copy(head), _copy(tail)
+    for t in cut.tensors:
+        wire = wire_name(graph, t)
+        params = qdq_params(calibrations[t])
+        attrs: dict[str, Any] = {} if params.axis is None else {"axis": params.axis}
+        q_args = [f"{wire}/float", f"{wire}/scale", f"{wire}/zero_point"]
+        for part in (head, tail):
+            part.graph.initializer.extend(
+                [
+                    numpy_helper.from_array(params.scale.astype(np.float32), q_args[1]),
+                    numpy_helper.from_array(params.zero_point.astype(np.int8), q_args[2]),
+                ]
+            )
+            _rename(part.graph, wire, q_args[0])
+        head.graph.node.append(
+            helper.make_node("QuantizeLinear", q_args, [wire], name=f"{wire}/quantize", **attrs)
+        )
+        for vi in head.graph.output:
+            if vi.name == q_args[0]:
+                vi.name = wire
+                vi.type.tensor_type.elem_type = TensorProto.INT8
+        dq = helper.make_node(
+            "DequantizeLinear", [wire, *q_args[1:]], [q_args[0]], name=f"{wire}/dequantize", **attrs
+        )
+        tail.graph.node.insert(0, dq)
+        for vi in tail.graph.input:
+            if vi.name == q_args[0]:
+                vi.name = wire
+                vi.type.tensor_type.elem_type = TensorProto.INT8
+    onnx.checker.check_model(head)
+    onnx.checker.check_model(tail)
+    return head, tail
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Rename tensor ``old`` in node inputs and outputs, graph inputs, outputs and value infos."""
+    for node in graph.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        if vi.name == old:
+            vi.name = new
 
 
 def _manifest(
@@ -211,13 +381,19 @@ def _manifest(
     folder: Path,
     batch: bool,
     name: str | None,
+    head: onnx.ModelProto,
+    codec_entry: dict[str, Any],
 ) -> dict[str, Any]:
+    import onnx
+
     graph: Graph = a.graph
+    head_types = {o.name: o.type.tensor_type.elem_type for o in head.graph.output}
 
     def tensor(t: str, wire: bool = False, free_batch: bool = False) -> dict[str, Any]:
         info = graph.info(t).to_json()
         if wire:
             info["name"] = wire_name(graph, t)
+            info["dtype"] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(head_types[info["name"]])).name
         if free_batch:
             info["shape"] = [None, *info["shape"][1:]]
         return info
@@ -237,7 +413,7 @@ def _manifest(
         "outputs": [tensor(t, free_batch=batch) for t in graph.outputs],
         "files": files,
         "onnx": {"opset": OPSET, "ir_version": min(graph.model.ir_version, IR_VERSION)},
-        "codec": {"name": plan.codec, "calibration": None},
+        "codec": codec_entry,
         "preprocess": a.loaded.preprocess,
         "predictions": {
             **{k: v for k, v in asdict(predicted).items() if k not in ("tensors", "id", "label")},

@@ -94,14 +94,21 @@ def node_cost(graph: Graph, k: int) -> NodeCost:
 
 
 def node_ms(cost: NodeCost, profile: DeviceProfile, precision: str = "fp32") -> float:
-    """Roofline time of one node on ``profile``: the slower of compute and memory, plus a fixed overhead."""
-    rate = profile.measured_gflops.get(cost.op_class)
-    if rate is None:
-        peak = profile.peak_gflops.get(precision, profile.peak_gflops["fp32"])
-        rate = peak * profile.compute_efficiency
-    compute_s = cost.flops / (rate * 1e9)
+    """Time of one node on ``profile``, plus a fixed per-node overhead.
+
+    With throughput measured on the device for the node's operator class and size, that rate
+    alone: it already includes how the op uses caches and memory, and a DRAM roofline on top
+    overestimates small ops that run from cache. Otherwise a roofline from public peak figures:
+    the slower of compute and memory traffic, each at the profile's achievable fraction.
+    """
+    overhead_s = profile.node_overhead_us * 1e-6
+    rate = profile.achieved_gflops(cost.op_class, cost.flops)
+    if rate:
+        return (cost.flops / (rate * 1e9) + overhead_s) * 1e3
+    peak = profile.peak_gflops.get(precision, profile.peak_gflops["fp32"])
+    compute_s = cost.flops / (peak * profile.compute_efficiency * 1e9)
     memory_s = cost.bytes / (profile.mem_bandwidth_gbs * 1e9 * profile.memory_efficiency)
-    return (max(compute_s, memory_s) + profile.node_overhead_us * 1e-6) * 1e3
+    return (max(compute_s, memory_s) + overhead_s) * 1e3
 
 
 def nodes_ms(graph: Graph, mask: int, profile: DeviceProfile) -> float:

@@ -15,13 +15,14 @@ from typing import Any
 
 from splitpipe.devices.profile import DeviceProfile, load_profile
 from splitpipe.errors import SplitpipeError, choices
+from splitpipe.partition.codecs import CutCodec, check_codec_name, codec_for_cut
 from splitpipe.partition.cost import Stages, device_energy_mj, end_to_end, energy_source, parse_link
 from splitpipe.partition.cuts import Cut, find_cuts
 from splitpipe.partition.flops import peak_activation_bytes, total_flops, weight_bytes
-from splitpipe.partition.graph import Graph
+from splitpipe.partition.graph import Graph, random_feed
 from splitpipe.partition.load import LoadedModel, load_model
 from splitpipe.partition.pareto import pareto_mask
-from splitpipe.partition.profile import MeasureOptions, Progress, Timings, analytic, measure
+from splitpipe.partition.profile import MeasureOptions, Progress, Timings, analytic, measure, probe
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ class PlanRequest:
     server: str = "local"
     link: str = "20mbit,10ms"
     codec: str = "raw"
+    #: for codec "auto": the largest relative L2 error a codec may add (default 0.01)
+    max_error: float | None = None
+    #: random inputs whose cut tensors the codec is measured (and, for auto, chosen) on
+    calibration_samples: int = 2
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     max_cut_tensors: int = 1
     threads: int = 1
@@ -97,6 +102,8 @@ class Option:
     head_mem_bytes: int
     head_flops: int
     reply_bytes: int
+    #: relative L2 error the codec adds to the cut tensors (worst calibration sample)
+    codec_error: float = 0.0
     pareto: bool = False
     #: per figure: True where it is a prediction, False where it was measured
     estimated: dict[str, bool] = field(default_factory=dict)
@@ -197,6 +204,11 @@ def _validate(req: PlanRequest) -> None:
         raise SplitpipeError(f"--threads must be at least 1, got {req.threads}")
     if req.repeats < 1 or req.warmup < 0:
         raise SplitpipeError("--repeats must be at least 1 and --warmup at least 0")
+    if req.calibration_samples < 1:
+        raise SplitpipeError(f"--calibration-samples must be at least 1, got {req.calibration_samples}")
+    if req.max_error is not None and not req.max_error >= 0:
+        raise SplitpipeError(f"--max-error must be a non-negative number, got {req.max_error}")
+    check_codec_name(req.codec)
 
 
 @dataclass
@@ -213,6 +225,18 @@ def analyse(req: PlanRequest) -> Analysis:
     graph = Graph(loaded.model, loaded.path)
     cuts = find_cuts(graph, req.max_cut_tensors)
     return Analysis(loaded, graph, cuts)
+
+
+def _cut_codecs(req: PlanRequest, graph: Graph, cuts: list[Cut]) -> dict[int, CutCodec]:
+    """Encode every cut's real tensors, computed for a few random inputs, with the requested codec."""
+    feeds = [
+        random_feed((graph.info(t) for t in graph.inputs), seed=s) for s in range(req.calibration_samples)
+    ]
+    values = probe(graph, [t for c in cuts for t in c.tensors], feeds)
+    return {
+        c.id: codec_for_cut(req.codec, [[v[t] for t in c.tensors] for v in values], max_error=req.max_error)
+        for c in cuts
+    }
 
 
 def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Analysis | None = None) -> Plan:
@@ -238,6 +262,11 @@ def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Anal
     dev_t = measured if measured and req.device == "local" else analytic(graph, cuts, device)
     srv_t = measured if measured and req.server == "local" else analytic(graph, cuts, server)
 
+    codecs = _cut_codecs(req, graph, cuts)
+    # Codec times were measured here; codecs are memory-bound, so scale them by bandwidth.
+    here = resolve_profile("local") if {req.device, req.server} != {"local"} else device
+    enc_scale = 1.0 if req.device == "local" else here.mem_bandwidth_gbs / device.mem_bandwidth_gbs
+    dec_scale = 1.0 if req.server == "local" else here.mem_bandwidth_gbs / server.mem_bandwidth_gbs
     outputs_bytes = sum(graph.info(t).nbytes for t in graph.outputs)
     input_bytes = sum(graph.info(t).nbytes for t in graph.inputs)
     e_src = energy_source(device)
@@ -249,8 +278,8 @@ def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Anal
         est = {
             "head_ms": dev_t.estimated,
             "tail_ms": srv_t.estimated,
-            "encode_ms": False,
-            "decode_ms": False,
+            "encode_ms": req.device != "local",
+            "decode_ms": req.server != "local",
             "tx_bytes": False,
             "tx_ms": sent,
             "e2e_ms": sent or dev_t.estimated,
@@ -280,12 +309,19 @@ def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Anal
 
     candidates = []
     for cut in cuts:
-        tx = sum(graph.info(t).nbytes for t in cut.tensors)
-        stages = Stages(dev_t.head_ms[cut.id], 0.0, tx, 0.0, srv_t.tail_ms[cut.id], outputs_bytes)
-        mem = weight_bytes(graph, cut.head) + peak_activation_bytes(graph, cut.head)
-        candidates.append(
-            option(cut.id, cut.label, list(cut.tensors), stages, mem, total_flops(graph, cut.head), True)
+        cc = codecs[cut.id]
+        stages = Stages(
+            dev_t.head_ms[cut.id],
+            cc.encode_ms * enc_scale,
+            cc.tx_bytes,
+            cc.decode_ms * dec_scale,
+            srv_t.tail_ms[cut.id],
+            outputs_bytes,
         )
+        mem = weight_bytes(graph, cut.head) + peak_activation_bytes(graph, cut.head)
+        opt = option(cut.id, cut.label, list(cut.tensors), stages, mem, total_flops(graph, cut.head), True)
+        opt.codec, opt.codec_error = cc.codec, cc.rel_l2
+        candidates.append(opt)
 
     full_flops = total_flops(graph, graph.full)
     local = option(

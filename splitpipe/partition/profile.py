@@ -194,13 +194,14 @@ def measure(
 
 def analytic(graph: Graph, cuts: list[Cut], profile: DeviceProfile) -> Timings:
     """Per-node roofline estimates from a device profile; flagged estimated."""
-    head = {c.id: nodes_ms(graph, c.head, profile) for c in cuts}
-    tail = {c.id: nodes_ms(graph, graph.full & ~c.head, profile) for c in cuts}
+    call = profile.run_overhead_us * 1e-3  # one runtime call per head, tail or whole model
+    head = {c.id: nodes_ms(graph, c.head, profile) + call for c in cuts}
+    tail = {c.id: nodes_ms(graph, graph.full & ~c.head, profile) + call for c in cuts}
     kind = "calibrated by measured operator throughput" if profile.measured else "from peak figures"
     return Timings(
         head_ms=head,
         tail_ms=tail,
-        full_ms=nodes_ms(graph, graph.full, profile),
+        full_ms=nodes_ms(graph, graph.full, profile) + call,
         estimated=True,
         method=f"analytic roofline on profile {profile.name} ({kind})",
     )

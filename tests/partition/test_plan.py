@@ -49,7 +49,8 @@ def test_measured_plan_of_a_small_model(tiny_plan: Plan) -> None:
         assert c.estimated["e2e_ms"] is True and c.estimated["device_energy_mj"] is True
         expected = c.head_ms + c.encode_ms + c.tx_ms + c.rtt_ms + c.decode_ms + c.tail_ms + c.reply_ms
         assert c.e2e_ms == pytest.approx(expected)
-        assert c.tx_bytes == sum(t["bytes"] for t in c.tensors)
+        raw = sum(t["bytes"] for t in c.tensors)
+        assert raw < c.tx_bytes < raw + 100  # raw float32 plus the codec parameters
     local, offload = tiny_plan.baselines["local"], tiny_plan.baselines["offload"]
     assert local.tx_bytes == 0 and local.tx_ms == 0 and local.estimated["e2e_ms"] is False
     assert offload.tx_bytes == 3 * 32 * 32 * 4 and offload.head_ms == 0

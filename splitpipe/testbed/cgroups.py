@@ -22,6 +22,9 @@ from splitpipe.testbed.link import TestbedError
 _LOGGER = logging.getLogger(__name__)
 
 _V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset")
+#: CPU weight of the testbed's groups: ten times the default (v1 cpu.shares 1024, v2 cpu.weight 100)
+WEIGHT_V1 = 10 * 1024
+WEIGHT_V2 = 10 * 100
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,12 @@ class CpuGroup:
             mems = (self.layout.mounts["cpuset"] / "cpuset.mems").read_text().strip()
             _write(cpuset / "cpuset.mems", mems)
         _write(cpuset / "cpuset.cpus", cpus)
+        # ten times the default weight: other work on the same core must not eat into the
+        # share being emulated (the quota still caps the device)
+        if self.layout.version == 2:
+            _write(self._dir("cpu") / "cpu.weight", str(WEIGHT_V2))
+        else:
+            _write(self._dir("cpu") / "cpu.shares", str(WEIGHT_V1))
         self.set_quota(quota_us, period_us)
 
     def set_quota(self, quota_us: int | None, period_us: int) -> None:

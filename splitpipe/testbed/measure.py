@@ -10,11 +10,13 @@ the cgroup against unthrottled on the same core.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,8 +97,9 @@ def _wait_file(path: Path, proc: subprocess.Popen[Any], what: str, timeout_s: fl
         time.sleep(0.01)
 
 
-def measure_link(tb: Testbed, uplink_s: float, downlink_s: float, rtt_count: int) -> dict[str, Any]:
-    """Run the probe server on the server side and the probe client on the device side."""
+@contextlib.contextmanager
+def _probe_server(tb: Testbed) -> Iterator[str]:
+    """The probe server on the server side (its cgroup, its core); yields the address to dial."""
     port = tb.options.probe_port
     ready = tb.names.state_dir / f"probe-{port}.ready"
     ready.unlink(missing_ok=True)
@@ -105,17 +108,37 @@ def measure_link(tb: Testbed, uplink_s: float, downlink_s: float, rtt_count: int
         [*_module("probe"), "serve", "--port", str(port), "--ready-file", str(ready)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     try:
         _wait_file(ready, server, "the measurement probe server")
-        client = tb.run(
-            "device",
+        yield tb.server_address(port)
+    finally:
+        server.terminate()
+        server.wait(timeout=5)
+        ready.unlink(missing_ok=True)
+
+
+def _probe_client(tb: Testbed, args: list[str], timeout_s: float) -> Any:
+    """The probe client on the device side, outside the throttled cgroup; its JSON output."""
+    client = tb.run(
+        "device", [*_module("probe"), *args], cgroup=False, capture_output=True, text=True, timeout=timeout_s
+    )
+    if client.returncode != 0:
+        tail = client.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise TestbedError(f"probe {args[0]} failed (exit {client.returncode}): {tail[0]}")
+    return json.loads(client.stdout)
+
+
+def measure_link(tb: Testbed, uplink_s: float, downlink_s: float, rtt_count: int) -> dict[str, Any]:
+    """Raw link probe results: {"uplink": {...}, "downlink": {...}, "rtt_ms": [...]}."""
+    with _probe_server(tb) as address:
+        result: dict[str, Any] = _probe_client(
+            tb,
             [
-                *_module("probe"),
                 "link",
                 "--connect",
-                tb.server_address(port),
+                address,
                 "--uplink-s",
                 str(uplink_s),
                 "--downlink-s",
@@ -123,20 +146,24 @@ def measure_link(tb: Testbed, uplink_s: float, downlink_s: float, rtt_count: int
                 "--rtt-count",
                 str(rtt_count),
             ],
-            cgroup=False,
-            capture_output=True,
-            text=True,
-            timeout=60 + uplink_s + downlink_s,
+            timeout_s=60 + uplink_s + downlink_s,
         )
-        if client.returncode != 0:
-            tail = client.stderr.strip().splitlines()[-1:] or ["no output"]
-            raise TestbedError(f"link probe failed (exit {client.returncode}): {tail[0]}")
-        result: dict[str, Any] = json.loads(client.stdout)
-        return result
-    finally:
-        server.terminate()
-        server.wait(timeout=5)
-        ready.unlink(missing_ok=True)
+    return result
+
+
+def measure_transfer(tb: Testbed, sizes: list[int], repeat: int = 3) -> dict[int, list[float]]:
+    """Per request size (bytes), the measured times (ms) from sending it to a small reply.
+
+    One warm connection through the address the device dials: what a split's head sees when
+    it sends its tensor and waits for the tail's answer, less the tail's compute.
+    """
+    with _probe_server(tb) as address:
+        raw = _probe_client(
+            tb,
+            ["transfer", "--connect", address, "--sizes", ",".join(map(str, sizes)), "--repeat", str(repeat)],
+            timeout_s=120,
+        )
+    return {int(k): v for k, v in raw.items()}
 
 
 def measure_cpu(tb: Testbed, free_s: float) -> tuple[float, float]:

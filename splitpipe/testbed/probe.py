@@ -2,9 +2,10 @@
 
 ``serve`` runs on the server side and answers three kinds of connection, chosen by the first
 byte: ``U`` (a sink that times what arrives for a given time and sends back the rate), ``D``
-(a source that sends until the client hangs up), ``E`` (an echo for round-trip times).
+(a source that sends until the client hangs up), ``E`` (an echo for round-trip times), ``R``
+(requests of a given size, each answered by a small reply: what a split's head sends).
 ``link`` runs on the device side and measures uplink rate, downlink rate and RTT through the
-address the device would dial. ``spin`` times a fixed pure-Python loop, first free, then, once
+address the device would dial; ``transfer`` times requests of given sizes. ``spin`` times a fixed pure-Python loop, first free, then, once
 the parent has moved it into the throttled cgroup, again (the parent reads the cgroup's CPU
 time around the second loop).
 
@@ -34,6 +35,8 @@ _CHUNK = 64 * 1024
 _HEADER = struct.Struct("!cI")  # mode, duration in ms
 _ECHO_BYTES = 64
 _WARMUP = 0.15  # fraction of the timed window skipped at its start
+_LEN = struct.Struct("!Q")
+MAX_REQUEST_BYTES = 256 << 20  # a length from the network is checked before anything is read
 
 
 def goodput_mbit(samples: list[tuple[float, int]]) -> float:
@@ -99,8 +102,24 @@ class _Handler(socketserver.BaseRequestHandler):
             elif mode == b"E":
                 while data := sock.recv(_CHUNK):
                     sock.sendall(data)
+            elif mode == b"R":
+                _answer_requests(sock)
         except (ConnectionError, ValueError, OSError):
             return
+
+
+def _answer_requests(sock: socket.socket) -> None:
+    buf = bytearray(_CHUNK)
+    while (head := _recv_exact(sock, _LEN.size)) is not None:
+        (left,) = _LEN.unpack(head)
+        if left > MAX_REQUEST_BYTES:
+            return
+        while left:
+            n = sock.recv_into(buf, min(left, _CHUNK))
+            if not n:
+                return
+            left -= n
+        sock.sendall(head)
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -190,6 +209,31 @@ def rtt(addr: tuple[str, int], count: int) -> list[float]:
     return out[1:]
 
 
+def transfer(addr: tuple[str, int], sizes: list[int], repeat: int) -> dict[str, list[float]]:
+    """Per size, the times (ms) from sending a request of that many bytes to its small reply.
+
+    One connection for all, opened and warmed up first, so no handshake is counted.
+    """
+    sock = _connect(addr, b"R", 0)
+    out: dict[str, list[float]] = {}
+    try:
+        sock.sendall(_LEN.pack(0))
+        _recv_exact(sock, _LEN.size)
+        for size in sizes:
+            payload = _LEN.pack(size) + bytes(size)
+            times = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                sock.sendall(payload)
+                if _recv_exact(sock, _LEN.size) is None:
+                    raise ConnectionError("request server closed")
+                times.append((time.perf_counter() - t0) * 1000)
+            out[str(size)] = times
+    finally:
+        sock.close()
+    return out
+
+
 def _loop(iterations: int) -> int:
     acc = 0
     for i in range(iterations):
@@ -255,11 +299,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--uplink-s", type=float, default=1.0)
     p.add_argument("--downlink-s", type=float, default=0.5)
     p.add_argument("--rtt-count", type=int, default=10)
+    p = sub.add_parser("transfer")
+    p.add_argument("--connect", type=_addr, required=True)
+    p.add_argument("--sizes", type=lambda t: [int(x) for x in t.split(",")], required=True)
+    p.add_argument("--repeat", type=int, default=3)
     p = sub.add_parser("spin")
     p.add_argument("--free-s", type=float, default=0.1)
     p.add_argument("--core", type=int)
     args = parser.parse_args(argv)
-    if args.cmd in ("serve", "link"):
+    if args.cmd in ("serve", "link", "transfer"):
         from splitpipe.testbed.relay import raise_priority
 
         raise_priority()  # these measure the network; the CPU probe keeps normal priority
@@ -275,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.uplink_s > 0:
             out["uplink"] = uplink(args.connect, args.uplink_s)
         print(json.dumps(out), flush=True)
+    elif args.cmd == "transfer":
+        print(json.dumps(transfer(args.connect, args.sizes, args.repeat)), flush=True)
     else:
         spin(args.free_s, args.core)
     return 0

@@ -78,6 +78,7 @@ def test_v2_group_writes_cpu_max_and_cpuset(tmp_path: Path) -> None:
     d = root / "splitpipe-x-device"
     assert (d / "cpu.max").read_text() == "2500 10000"
     assert (d / "cpuset.cpus").read_text() == "1"
+    assert (d / "cpu.weight").read_text() == "1000"
     assert group.quota() == (2500, 10_000)
     group.set_quota(None, 10_000)
     assert (d / "cpu.max").read_text() == "max 10000"
@@ -101,6 +102,7 @@ def test_v1_group_writes_quota_period_mems_and_cpus(tmp_path: Path) -> None:
     group.create("0", 1000, 20_000)
     assert (mounts["cpu"] / "g" / "cpu.cfs_period_us").read_text() == "20000"
     assert (mounts["cpu"] / "g" / "cpu.cfs_quota_us").read_text() == "1000"
+    assert (mounts["cpu"] / "g" / "cpu.shares").read_text() == "10240"
     assert (mounts["cpuset"] / "g" / "cpuset.mems").read_text() == "0"
     assert (mounts["cpuset"] / "g" / "cpuset.cpus").read_text() == "0"
     assert group.quota() == (1000, 20_000)

@@ -91,8 +91,8 @@ def test_names_derive_from_the_testbed_name() -> None:
         n.netns("phone")
 
 
-def test_tbf_burst_is_one_ms_of_rate_with_a_two_frame_floor() -> None:
-    assert tbf_params(2, 40, netem=False).burst_bytes == 3200
+def test_tbf_burst_is_one_ms_of_rate_with_a_one_frame_floor() -> None:
+    assert tbf_params(2, 40, netem=False).burst_bytes == 1600
     assert tbf_params(50, 40, netem=False).burst_bytes == 6250
     assert tbf_params(1000, 40, netem=False).burst_bytes == 125_000
 
@@ -124,7 +124,7 @@ def test_qdisc_commands_tbf_only_and_with_netem() -> None:
         "rate",
         "10000000bit",
         "burst",
-        "3200",
+        "1600",
         "limit",
         str(128 * 1024),
     ]

@@ -8,6 +8,17 @@ from typing import Any
 from splitpipe.commands.plan import add_cost_arguments, add_model_arguments, request_from_args
 
 
+def _split_id(text: str) -> int | str:
+    if text in ("local", "offload"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a split id; accepted: a number from the plan, local, offload"
+        ) from None
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "export",
@@ -18,7 +29,11 @@ def register(sub: Any) -> None:
     add_model_arguments(p)
     add_cost_arguments(p)
     p.add_argument(
-        "--split", required=True, type=int, metavar="ID", help="candidate id from `splitpipe plan`"
+        "--split",
+        required=True,
+        type=_split_id,
+        metavar="ID",
+        help="candidate id from `splitpipe plan`, or a baseline: local (no tail) or offload (no head)",
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument(
@@ -69,10 +84,9 @@ def run(args: argparse.Namespace) -> int:
     )
     v = result.manifest["verification"]
     print(f"exported split {args.split} ({result.manifest['split']['label']}) of {req.model} to {result.out}")
-    print(
-        f"  head.onnx {result.manifest['files']['head']['bytes']:,} B, tail.onnx {result.manifest['files']['tail']['bytes']:,} B, "
-        f"cut {', '.join(str(t['shape']) for t in result.manifest['cut'])}"
-    )
+    files = ", ".join(f"{f['path']} {f['bytes']:,} B" for f in result.manifest["files"].values())
+    cut = ", ".join(str(t["shape"]) for t in result.manifest["cut"]) or "none (runs on the device)"
+    print(f"  {files}; cut {cut}")
     codec = result.manifest["codec"]
     folded = f", folded {codec['folded']} into the graphs" if codec.get("folded") else ""
     static = ", static scales" if codec.get("calibration") else ""

@@ -23,7 +23,7 @@ from splitpipe.partition.cuts import Cut
 from splitpipe.partition.graph import Graph, random_feed
 from splitpipe.partition.load import IR_VERSION, OPSET
 from splitpipe.partition.plan import Analysis, Plan, PlanRequest, analyse, make_plan
-from splitpipe.partition.split import head_model, self_contained, tail_model, wire_name
+from splitpipe.partition.split import build_model, head_model, self_contained, tail_model, wire_name
 
 if TYPE_CHECKING:
     import onnx
@@ -130,7 +130,7 @@ def batchable(tail: onnx.ModelProto, feed: dict[str, np.ndarray]) -> onnx.ModelP
 
 def export_split(
     req: PlanRequest,
-    split_id: int,
+    split_id: int | str,
     out: str | Path,
     *,
     plan: Plan | None = None,
@@ -143,6 +143,10 @@ def export_split(
     fold_qdq: bool = False,
 ) -> ExportResult:
     """Write the split ``split_id`` of ``req.model`` to ``out`` and verify it.
+
+    ``split_id`` is a candidate id from the plan, or a baseline: ``offload`` (the head only
+    passes the input on, the tail is the whole model) or ``local`` (the head is the whole
+    model and there is no tail), so that the baselines run through the same agent and server.
 
     ``codec`` defaults to the plan's choice for this split. ``calibrate`` stores static scales
     (from the cut tensors of ``req.calibration_samples`` random inputs) in the manifest.
@@ -159,14 +163,17 @@ def export_split(
         raise SplitpipeError(f"{out} exists and is not a splitpipe export directory; choose another --out")
     a = analysis or analyse(req)
     graph = a.graph
-    by_id = {c.id: c for c in a.cuts}
+    by_id: dict[int | str, Cut] = {c.id: c for c in a.cuts}
+    by_id["offload"] = Cut(id=-1, head=0, tensors=tuple(graph.inputs), label="input sent as it is")
+    by_id["local"] = Cut(id=-1, head=graph.full, tensors=(), label="all on the device")
     if split_id not in by_id:
-        raise choices("split id", split_id, sorted(by_id))
+        raise choices("split id", split_id, [*(c.id for c in a.cuts), "local", "offload"])
     cut = by_id[split_id]
+    local = split_id == "local"
     if plan is None:
         plan = make_plan(PlanRequest(**{**asdict(req), "profile_mode": "analytic"}), analysis=a)
-    predicted = plan.candidate(split_id)
-    codec_name = codec or predicted.codec
+    predicted = plan.option(split_id)
+    codec_name = codec or (predicted.codec if predicted.codec != "none" else "raw")
     get_codec(codec_name)  # an unknown name fails here, listing the accepted forms
     spec = parse_name(codec_name)
     if fold_qdq and not (spec.base == "int8" and spec.symmetric):
@@ -187,11 +194,15 @@ def export_split(
     }
 
     base = graph.model_path.parent if graph.model_path else Path(".")
-    head = self_contained(head_model(graph, cut), base)
-    tail = self_contained(tail_model(graph, cut), base)
+    if local:
+        head = self_contained(build_model(graph, graph.full, graph.inputs, graph.outputs, name="model"), base)
+        tail = None
+    else:
+        head = self_contained(head_model(graph, cut), base)
+        tail = self_contained(tail_model(graph, cut), base)
     feeds = [random_feed((graph.info(t) for t in graph.inputs), seed=s) for s in range(samples)]
     verification = _verify(graph, head, tail, feeds, split_id, tolerance)
-    if fold_qdq:
+    if fold_qdq and tail is not None:
         folded_head, folded_tail = fold(graph, cut, head, tail, calibrations)
         verification.update(
             _verify_folded(graph, cut, head, tail, folded_head, folded_tail, calibrations, feeds, tolerance)
@@ -200,7 +211,9 @@ def export_split(
         # The wire now carries the int8 tensors as they are; only a lossless stage is left to apply.
         codec_entry["folded"] = spec.quant_name
         codec_entry["name"] = "raw" + codec_name[len(spec.quant_name) :]
-    batched = batchable(tail, _run(head.SerializeToString(), _head_feed(head, feeds[0])))
+    batched = (
+        None if tail is None else batchable(tail, _run(head.SerializeToString(), _head_feed(head, feeds[0])))
+    )
     if batched is not None:
         tail = batched
 
@@ -209,8 +222,11 @@ def export_split(
     tmp.mkdir(parents=True)
     try:
         onnx.save_model(head, str(tmp / "head.onnx"))
-        onnx.save_model(tail, str(tmp / "tail.onnx"))
-        manifest = _manifest(req, a, cut, plan, predicted, tmp, batched is not None, name, head, codec_entry)
+        if tail is not None:
+            onnx.save_model(tail, str(tmp / "tail.onnx"))
+        manifest = _manifest(
+            req, a, split_id, cut, plan, predicted, tmp, batched is not None, name, head, codec_entry
+        )
         manifest["verification"] = verification
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists():
@@ -224,17 +240,20 @@ def export_split(
 def _verify(
     graph: Graph,
     head: onnx.ModelProto,
-    tail: onnx.ModelProto,
+    tail: onnx.ModelProto | None,
     feeds: list[dict[str, np.ndarray]],
-    split_id: int,
+    split_id: int | str,
     tolerance: float,
 ) -> dict[str, Any]:
-    """tail(head(x)) against the whole model; SplitpipeError above ``tolerance``."""
-    head_b, tail_b = head.SerializeToString(), tail.SerializeToString()
+    """tail(head(x)) (or head(x) alone, for local) against the whole model; SplitpipeError above ``tolerance``."""
+    head_b = head.SerializeToString()
+    tail_b = tail.SerializeToString() if tail is not None else None
     max_abs = max_rel = 0.0
     for feed in feeds:
         want = _run(graph.model_path or Path("missing"), feed)
-        got = _run(tail_b, _run(head_b, _head_feed(head, feed)))
+        got = _run(head_b, _head_feed(head, feed))
+        if tail_b is not None:
+            got = _run(tail_b, got)
         d_abs, d_rel = compare(want, got)
         max_abs, max_rel = max(max_abs, d_abs), max(max_rel, d_rel)
     if not max_rel <= tolerance:
@@ -375,6 +394,7 @@ def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
 def _manifest(
     req: PlanRequest,
     a: Analysis,
+    split_id: int | str,
     cut: Cut,
     plan: Plan,
     predicted: Any,
@@ -388,6 +408,7 @@ def _manifest(
 
     graph: Graph = a.graph
     head_types = {o.name: o.type.tensor_type.elem_type for o in head.graph.output}
+    split_name = f"s{split_id}" if isinstance(split_id, int) else split_id
 
     def tensor(t: str, wire: bool = False, free_batch: bool = False) -> dict[str, Any]:
         info = graph.info(t).to_json()
@@ -401,13 +422,15 @@ def _manifest(
     files = {}
     for part in ("head", "tail"):
         path = folder / f"{part}.onnx"
+        if not path.is_file():
+            continue
         files[part] = {"path": path.name, "sha256": sha256(path), "bytes": path.stat().st_size}
     return {
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
-        "name": name or f"{a.loaded.name}-s{cut.id}",
+        "name": name or f"{a.loaded.name}-{split_name}",
         "model": req.model,
-        "split": {"id": cut.id, "label": cut.label},
+        "split": {"id": split_id, "label": cut.label},
         "inputs": [tensor(t) for t in graph.inputs],
         "cut": [tensor(t, wire=True, free_batch=batch) for t in cut.tensors],
         "outputs": [tensor(t, free_batch=batch) for t in graph.outputs],

@@ -139,6 +139,14 @@ class Plan:
                 return c
         raise choices("split id", split_id, [c.id for c in self.candidates])
 
+    def option(self, split_id: int | str) -> Option:
+        """A candidate by id, or a baseline by name (local, offload)."""
+        if isinstance(split_id, str):
+            if split_id in self.baselines:
+                return self.baselines[split_id]
+            raise choices("split id", split_id, [*(c.id for c in self.candidates), *self.baselines])
+        return self.candidate(split_id)
+
     def to_json(self) -> dict[str, Any]:
         out = {"format": PLAN_FORMAT, "version": PLAN_VERSION}
         for f in fields(self):

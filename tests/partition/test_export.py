@@ -97,3 +97,21 @@ def test_failed_verification_leaves_nothing(tmp_path: Path) -> None:
         export_split(REQ, 1, tmp_path / "s", tolerance=-1.0)
     assert not (tmp_path / "s").exists()
     assert not list(tmp_path.iterdir())
+
+
+def test_baselines_export_as_splits(tmp_path: Path) -> None:
+    x = np.random.default_rng(3).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    whole = ort.InferenceSession(str(export_split(REQ, "local", tmp_path / "local").out / "head.onnx"))
+    local = json.loads((tmp_path / "local" / "manifest.json").read_text())
+    assert local["cut"] == [] and list(local["files"]) == ["head"] and local["split"]["id"] == "local"
+    assert local["name"] == "two_heads-local"
+    offload = export_split(REQ, "offload", tmp_path / "offload").manifest
+    assert [t["name"] for t in offload["cut"]] == ["x.cut"]  # the input itself crosses
+    head = ort.InferenceSession(str(tmp_path / "offload" / "head.onnx"))
+    tail = ort.InferenceSession(str(tmp_path / "offload" / "tail.onnx"))
+    sent = head.run(None, {"x": x})[0]
+    np.testing.assert_array_equal(sent, x)
+    for a, b in zip(tail.run(None, {"x.cut": sent}), whole.run(None, {"x": x}), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(SplitpipeError, match="accepted: 0, 1, 2, 3, local, offload"):
+        export_split(REQ, "remote", tmp_path / "x")

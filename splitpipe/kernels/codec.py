@@ -11,7 +11,7 @@ the decoded size against ``max_bytes``, and the payload length against what the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -50,6 +50,10 @@ class Codec:
     calibration: Calibration | None = None
     axis: int = CHANNEL_AXIS
     impl: Impl = "fast"
+    # derived once in __post_init__, so that encode() does no per-call setup
+    _allowed: dict[np.dtype[Any], str] = field(init=False, repr=False)
+    _code: np.dtype[Any] = field(init=False, repr=False)
+    _static: dict[str, object] | None = field(init=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -79,7 +83,7 @@ class Codec:
         """Encode one tensor. Lossy codecs take float16/32/64; raw takes any numeric dtype."""
         x = np.asarray(array)
         spec = self.spec
-        allowed: dict[np.dtype[Any], str] = self._allowed  # type: ignore[attr-defined]
+        allowed = self._allowed
         dtype = allowed.get(x.dtype)
         if dtype is None:
             if x.dtype.name not in allowed.values():
@@ -127,14 +131,14 @@ class Codec:
     def _quantize(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, object]]:
         spec = self.spec
         ref = self.impl == "reference"
-        code: np.dtype[Any] = self._code  # type: ignore[attr-defined]
+        code = self._code
         if x.dtype == np.float32:
             x32 = np.ascontiguousarray(x)
         else:
             with np.errstate(over="ignore"):  # float64 beyond float32: inf, then saturated
                 x32 = np.ascontiguousarray(x, dtype=np.float32)
         axis = self._channel_axis(x32.ndim) if spec.per_channel else None
-        static: dict[str, object] | None = self._static  # type: ignore[attr-defined]
+        static = self._static
         if static is not None:
             assert self.calibration is not None
             scale, zp = self.calibration.arrays()

@@ -3,12 +3,14 @@
 ONNX Runtime is a core dependency and its MLAS kernels convert float32 to float16 and quantize
 at or above memory-copy speed, where numpy's ``astype(float16)`` and a multi-pass numpy quantize
 reach only a few percent of it (see docs/BENCHMARKS.md, section Codecs). Sessions are created
-once per process on first use and are safe to call from several threads.
+once per process on first use and are safe to call from several threads. If a graph cannot be
+loaded (no onnxruntime, or one too old for it), :class:`FastPathUnavailable` is raised once per
+graph and remembered; splitpipe.kernels.quant then uses its numpy reference, which gives the
+same bytes.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from importlib import resources
@@ -18,42 +20,49 @@ import numpy as np
 
 _LOGGER = logging.getLogger(__name__)
 _LOCK = threading.Lock()
+_SESSIONS: dict[str, Any] = {}
+_FAILED: dict[str, str] = {}
+_OUTPUTS = ["y"]
 
 
 class FastPathUnavailable(RuntimeError):
-    """ONNX Runtime is missing or refused a graph; callers fall back to the numpy reference."""
+    """ONNX Runtime is missing or refused a graph."""
 
 
-@functools.cache
-def _session(name: str) -> Any:
-    with _LOCK:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
-            raise FastPathUnavailable(f"onnxruntime not importable: {exc}") from None
-        data = resources.files("splitpipe.kernels").joinpath("graphs", f"{name}.onnx").read_bytes()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # one node per graph: nothing to optimise, and no fusion may change the arithmetic
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        opts.log_severity_level = 3
-        try:
-            sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise FastPathUnavailable(f"onnxruntime cannot load kernel graph {name}: {exc}") from None
-        _LOGGER.debug("loaded kernel graph %s", name)
-        return sess
-
-
-def available() -> bool:
+def _load(name: str) -> Any:
     try:
-        _session("cast_f32_f16")
-    except FastPathUnavailable as exc:
-        _LOGGER.warning("codec fast path unavailable, using numpy: %s", exc)
-        return False
-    return True
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise FastPathUnavailable(f"onnxruntime not importable: {exc}") from None
+    data = resources.files("splitpipe.kernels").joinpath("graphs", f"{name}.onnx").read_bytes()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # one node per graph: nothing to optimise, and no fusion may change the arithmetic
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise FastPathUnavailable(f"onnxruntime cannot load kernel graph {name}: {exc}") from None
+
+
+def _session(name: str) -> Any:
+    sess = _SESSIONS.get(name)
+    if sess is not None:
+        return sess
+    with _LOCK:
+        if name in _FAILED:
+            raise FastPathUnavailable(_FAILED[name])
+        if name not in _SESSIONS:
+            try:
+                _SESSIONS[name] = _load(name)
+            except FastPathUnavailable as exc:
+                _FAILED[name] = str(exc)
+                _LOGGER.warning("codec fast path %s unavailable, using numpy: %s", name, exc)
+                raise
+        return _SESSIONS[name]
 
 
 def _run(name: str, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -63,9 +72,6 @@ def _run(name: str, feed: dict[str, np.ndarray]) -> np.ndarray:
     inner = getattr(sess, "_sess", None)
     out: np.ndarray = (inner.run(_OUTPUTS, feed, None) if inner is not None else sess.run(_OUTPUTS, feed))[0]
     return out
-
-
-_OUTPUTS = ["y"]
 
 
 def to_fp16(x: np.ndarray) -> np.ndarray:

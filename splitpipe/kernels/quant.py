@@ -180,7 +180,10 @@ def quantize(
 ) -> np.ndarray:
     """Codes (uint8, or int8 for /sym) of the same shape as x; x is float32, finite or +-inf."""
     xin = as_channels(x, axis) if axis is not None else x
-    q = _ort.quantize(xin, scale, zp)
+    try:
+        q = _ort.quantize(xin, scale, zp)
+    except _ort.FastPathUnavailable:
+        return quantize_ref(x, scale, zp, spec, axis)
     if spec.bits < 8:
         # two roundings (zero point and value) can land one above qmax; saturation is at 255
         np.minimum(q, np.uint8(spec.qrange[1]), out=q)
@@ -202,7 +205,10 @@ def quantize_ref(
 
 def dequantize(q: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int | None) -> np.ndarray:
     qin = as_channels(q, axis) if axis is not None else q
-    return _ort.dequantize(qin, scale, zp).reshape(q.shape)
+    try:
+        return _ort.dequantize(qin, scale, zp).reshape(q.shape)
+    except _ort.FastPathUnavailable:
+        return dequantize_ref(q, scale, zp, axis)
 
 
 def dequantize_ref(q: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int | None) -> np.ndarray:
@@ -216,7 +222,10 @@ def dequantize_ref(q: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int |
 
 
 def to_fp16(x: np.ndarray) -> np.ndarray:
-    return _ort.to_fp16(x)
+    try:
+        return _ort.to_fp16(x)
+    except _ort.FastPathUnavailable:
+        return to_fp16_ref(x)
 
 
 def to_fp16_ref(x: np.ndarray) -> np.ndarray:
@@ -225,7 +234,10 @@ def to_fp16_ref(x: np.ndarray) -> np.ndarray:
 
 
 def from_fp16(h: np.ndarray) -> np.ndarray:
-    return _ort.from_fp16(h)
+    try:
+        return _ort.from_fp16(h)
+    except _ort.FastPathUnavailable:
+        return from_fp16_ref(h)
 
 
 def from_fp16_ref(h: np.ndarray) -> np.ndarray:

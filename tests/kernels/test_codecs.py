@@ -160,3 +160,30 @@ def test_meta_is_small() -> None:
     assert sum(len(str(k)) + len(str(v)) for k, v in meta.to_params().items()) < 1900
     _, meta = get_codec("int8+zstd").encode(_relu_like((1, 256, 4, 4)))
     assert sum(len(str(k)) + len(str(v)) for k, v in meta.to_params().items()) < 150
+
+
+def test_without_the_fast_path_the_numpy_reference_gives_the_same_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from splitpipe.kernels import _ort
+
+    x = RNG.standard_normal((1, 5, 6, 7)).astype(np.float32)
+    expected = {n: get_codec(n).encode(x)[0] for n in ("fp16", "int8", "int8/sym/ch", "uint4/ch")}
+    monkeypatch.setattr(_ort, "_SESSIONS", {})
+    monkeypatch.setattr(_ort, "_FAILED", {})
+
+    def refuse(name: str) -> None:
+        raise _ort.FastPathUnavailable(f"no {name} in this test")
+
+    monkeypatch.setattr(_ort, "_load", refuse)
+    for name, payload in expected.items():
+        got, meta = get_codec(name).encode(x)
+        assert got == payload, name
+        np.testing.assert_array_equal(decode(got, meta), get_codec(name, impl="reference").decode(got, meta))
+    assert set(_ort._FAILED) >= {
+        "cast_f32_f16",
+        "quantize_u8",
+        "quantize_i8",
+        "dequantize_u8",
+        "dequantize_i8",
+    }

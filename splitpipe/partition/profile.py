@@ -185,6 +185,7 @@ def measure(
             "threads": opts.threads,
             "call_overhead_ms": overhead,
             "segments": len(seg_ms),
+            "segment_ms": seg_ms,
             "segments_total_ms": seg_total,
             "segment_scale": scale,
             "direct_cuts": [c.id for c in direct],

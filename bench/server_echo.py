@@ -44,7 +44,6 @@ GRPC_OPTIONS = [("grpc.max_send_message_length", 256 * MIB), ("grpc.max_receive_
 
 def write_trivial_tail(directory: Path, features: int) -> Path:
     """x float32 [N, features] -> y = ReduceMax(x) [N, 1]: the cheapest tail that reads its input."""
-    sys.path.insert(0, str(REPO / "tests" / "server"))
     from onnx import helper
 
     from tests.server.tiny_tails import write_export
@@ -142,7 +141,9 @@ def _wait_port(proc: subprocess.Popen[str], port_file: Path | None) -> int:
     line = proc.stdout.readline()
     match = re.search(r"listening on [\d.]+:(\d+)", line)
     if not match:
-        raise SystemExit(f"splitpipe serve did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
+        raise SystemExit(
+            f"splitpipe serve did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}"
+        )
     return int(match.group(1))
 
 
@@ -212,12 +213,20 @@ def run_size(size: int, seconds: float, window: int, serve_args: list[str], roun
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="10000,1000000", help="request tensor sizes in bytes, comma-separated")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sizes", default="10000,1000000", help="request tensor sizes in bytes, comma-separated"
+    )
     parser.add_argument("--seconds", type=float, default=6.0, help="measuring time per server and size")
-    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds per server (medians reported)")
+    parser.add_argument(
+        "--rounds", type=int, default=6, help="alternating rounds per server (medians reported)"
+    )
     parser.add_argument("--window", type=int, default=8, help="requests in flight on the stream")
-    parser.add_argument("--serve-args", default="", help="extra `splitpipe serve` flags, e.g. '--max-batch 1'")
+    parser.add_argument(
+        "--serve-args", default="", help="extra `splitpipe serve` flags, e.g. '--max-batch 1'"
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--echo-server", help=argparse.SUPPRESS)
     parser.add_argument("--reply-bytes", type=int, default=4, help=argparse.SUPPRESS)

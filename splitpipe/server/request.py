@@ -20,6 +20,7 @@ import numpy as np
 
 from splitpipe.errors import CodecError
 from splitpipe.proto.inference import grpc_service_pb2 as pb
+from splitpipe.proto.params import parameters_dict
 from splitpipe.server.datatypes import CONTENTS_FIELD, numpy_dtype
 from splitpipe.server.models import MODEL_VERSION, TailModel
 
@@ -45,11 +46,6 @@ class InferError(Exception):
 
 def invalid(message: str) -> InferError:
     return InferError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
-def param_value(param: pb.InferParameter) -> Any:
-    choice = param.WhichOneof("parameter_choice")
-    return None if choice is None else getattr(param, choice)
 
 
 def _shape_text(shape: Any) -> str:
@@ -116,7 +112,7 @@ def _decode_one(model: TailModel, index: int, item: _Input, max_bytes: int) -> n
 
 def _codec_meta(name: str, params: Any) -> Any:
     """CodecMeta from an input's parameters, or None when no ``codec*`` key is present."""
-    plain = {key: param_value(value) for key, value in params.items()}
+    plain = parameters_dict(params)
     shm = [k for k in _SHM_PARAMS if k in plain]
     if shm:
         raise invalid(f"input {name!r}: shared memory ({shm[0]}) is not supported; send raw_input_contents")

@@ -12,6 +12,7 @@ import pytest
 
 from splitpipe.kernels import CodecMeta, decode
 from splitpipe.proto.inference import grpc_service_pb2 as pb
+from splitpipe.proto.params import parameters_dict, set_parameters
 from splitpipe.server import ServerThread
 from tests.server import tiny_tails, wire
 
@@ -36,10 +37,7 @@ def test_compressed_payload_gives_the_tail_of_the_decoded_tensor(
     request = wire.make_request("relu-mean", {"x": x}, codec=codec, request_id=f"c-{codec}")
     response = stub.ModelInfer(request, timeout=30)
     # the reference decodes the same payload locally and runs the tail directly
-    params = {
-        k: wire.stage_params(pb.ModelInferResponse(parameters={k: v}))[k]
-        for k, v in request.inputs[0].parameters.items()
-    }
+    params = parameters_dict(request.inputs[0].parameters)
     decoded = decode(request.raw_input_contents[0], CodecMeta.from_params(params))
     want = tiny_tails.run_tail(exports["relu-mean"], {"x": decoded})
     got = wire.outputs(response)
@@ -85,14 +83,11 @@ def _plain(
 
 def _with_codec(codec: str, edit: Callable[[dict[str, Any], bytes], tuple[dict[str, Any], bytes]]) -> Any:
     request = wire.make_request("relu-mean", {"x": _x()}, codec=codec, request_id="bad")
-    params = {
-        k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in request.inputs[0].parameters.items()
-    }
-    params, payload = edit(params, request.raw_input_contents[0])
+    params, payload = edit(parameters_dict(request.inputs[0].parameters), request.raw_input_contents[0])
     del request.raw_input_contents[:]
     request.raw_input_contents.append(payload)
     request.inputs[0].ClearField("parameters")
-    wire.set_params(request.inputs[0].parameters, params)
+    set_parameters(request.inputs[0].parameters, params)
     return request
 
 

@@ -10,22 +10,10 @@ import numpy as np
 
 from splitpipe.proto.inference import grpc_service_pb2 as pb
 from splitpipe.proto.inference import grpc_service_pb2_grpc as pb_grpc
+from splitpipe.proto.params import parameters_dict, set_parameters
 from splitpipe.server.datatypes import kserve_datatype
 
 MIB = 1 << 20
-
-
-def set_params(target: Any, params: Mapping[str, Any]) -> None:
-    """Copy a flat dict into an InferParameter map (bool before int: bool is an int in Python)."""
-    for key, value in params.items():
-        if isinstance(value, bool):
-            target[key].bool_param = value
-        elif isinstance(value, int):
-            target[key].int64_param = value
-        elif isinstance(value, float):
-            target[key].double_param = value
-        else:
-            target[key].string_param = str(value)
 
 
 def make_request(
@@ -41,7 +29,7 @@ def make_request(
             from splitpipe.kernels import get_codec
 
             payload, meta = get_codec(codec).encode(array)
-            set_params(tensor.parameters, meta.to_params())
+            set_parameters(tensor.parameters, meta.to_params())
             request.raw_input_contents.append(payload)
     return request
 
@@ -56,7 +44,7 @@ def outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
 
 
 def stage_params(response: pb.ModelInferResponse) -> dict[str, Any]:
-    return {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in response.parameters.items()}
+    return parameters_dict(response.parameters)
 
 
 def channel(port: int) -> grpc.Channel:

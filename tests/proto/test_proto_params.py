@@ -9,7 +9,7 @@ from splitpipe.proto.params import parameters_dict, set_parameters
 
 
 def test_round_trip_keeps_python_types() -> None:
-    params = {
+    params: dict[str, bool | int | float | str] = {
         "flag": True,
         "count": -(2**62),
         "scale": 0.125,

@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd in ("serve", "link", "transfer"):
         from splitpipe.testbed.relay import raise_priority
 
-        raise_priority()  # these measure the network; the CPU probe keeps normal priority
+        raise_priority()  # these measure the network; the CPU probe keeps normal scheduling
     if args.cmd == "serve":
         serve(args.port, args.ready_file)
     elif args.cmd == "link":

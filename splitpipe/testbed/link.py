@@ -6,13 +6,14 @@ own egress: the device end shapes the uplink (device -> server), the server end 
 
 tbf parameters (see :func:`tbf_params`):
 
-- ``burst`` = max(1600 bytes, 1 ms of the rate). tbf lets one bucket of bytes through at line
-  speed after an idle spell, so a large bucket makes small messages look cheaper than the
-  rate says; 1 ms of the rate keeps that error at a millisecond, and the floor is one full
-  frame (1514 bytes) and a margin, below which tbf drops every full-size packet. At low
-  rates the floor dominates: a message that fits one frame passes in no time at all, which
-  is 6 ms early at 2 Mbit/s (a 3200-byte floor, tried first, made a 10 kB request at
-  2 Mbit/s arrive 19 % early; 1600 bytes, 7 %; the rates reached were the same).
+- ``burst`` = one full frame (1514 bytes as tbf counts it) + 2 ms of the rate. The bucket
+  must hold a full frame or tbf drops full-size packets; what it holds beyond that frame is
+  the slack for late timer wake-ups: tokens that arrive while the bucket is full are lost,
+  so a bucket of one frame and a little (1600 bytes) lost 5-15 % of 10 Mbit/s to ordinary
+  wake-up jitter here, while 2 ms of slack reached the full rate. A bucket also lets its
+  contents through at line speed after an idle spell: a small message arrives up to
+  burst / rate early (8 ms at 2 Mbit/s, 3.2 ms at 10, 2.2 ms at 50). That is the price of the
+  slack; a 3200-byte floor, tried first, had the same effect at 10 Mbit/s and twice it at 2.
 - ``limit`` (the queue, bytes). With the user-space relay, the TCP connections across the link
   run between the relay and the server with a sub-millisecond RTT; a tail drop there costs a
   200 ms retransmission timeout (Linux's minimum), which showed as 20-40 % dips in 1 s rate
@@ -49,7 +50,7 @@ _LOGGER = logging.getLogger(__name__)
 NETNS_DIR = Path("/run/netns")
 _FRAME_BYTES = 1514  # an Ethernet frame at MTU 1500, as tbf counts it
 _QUEUE_MS = 50.0
-_MIN_BURST = 1600  # one full frame (1514 bytes as tbf counts it) and a margin
+_BURST_SLACK_MS = 2.0
 _MIN_RELAY_QUEUE = 128 * 1024
 _TSO_MAX = 64 * 1024  # one TSO packet, by which a socket may overshoot its send buffer
 _RELAY_QUEUE_MS = 6.0
@@ -100,7 +101,7 @@ class TbfParams:
 def tbf_params(rate_mbit: float, rtt_ms: float, netem: bool) -> TbfParams:
     rate_bit = round(rate_mbit * 1e6)
     bytes_per_ms = rate_bit / 8 / 1000
-    burst = max(_MIN_BURST, math.ceil(bytes_per_ms))
+    burst = _FRAME_BYTES + math.ceil(bytes_per_ms * _BURST_SLACK_MS)
     if netem:
         limit = math.ceil(bytes_per_ms * max(_QUEUE_MS, rtt_ms)) + burst
     else:

@@ -91,10 +91,9 @@ def test_names_derive_from_the_testbed_name() -> None:
         n.netns("phone")
 
 
-def test_tbf_burst_is_one_ms_of_rate_with_a_one_frame_floor() -> None:
-    assert tbf_params(2, 40, netem=False).burst_bytes == 1600
-    assert tbf_params(50, 40, netem=False).burst_bytes == 6250
-    assert tbf_params(1000, 40, netem=False).burst_bytes == 125_000
+def test_tbf_burst_is_one_frame_and_two_ms_of_rate() -> None:
+    assert tbf_params(2, 40, netem=False).burst_bytes == 1514 + 500
+    assert tbf_params(50, 40, netem=False).burst_bytes == 1514 + 12_500
 
 
 def test_relay_socket_buffers_keep_in_flight_data_below_the_queue() -> None:
@@ -124,7 +123,7 @@ def test_qdisc_commands_tbf_only_and_with_netem() -> None:
         "rate",
         "10000000bit",
         "burst",
-        "1600",
+        "4014",
         "limit",
         str(128 * 1024),
     ]

@@ -64,24 +64,67 @@ def bed() -> Iterator[Testbed]:
         assert _gone(tb.names.name)
 
 
+def _until(
+    first: LinkMeasurement,
+    again: Callable[[], LinkMeasurement],
+    ok: Callable[[list[LinkMeasurement]], bool],
+    tries: int = 3,
+) -> list[LinkMeasurement]:
+    """Measure again (up to ``tries`` in all) until ``ok``.
+
+    Shaping sets ceilings: tbf caps the rate, the relay never delivers early, the quota caps
+    the CPU share. Other work on a shared machine (or its host) can only push a measurement
+    below the rate, above the delay, below the share, so the best of a few estimates the
+    setting, while every one of them must respect the ceiling.
+    """
+    ms = [first]
+    while not ok(ms) and len(ms) < tries:
+        ms.append(again())
+    return ms
+
+
+def _rate_ok(set_mbit: float) -> Callable[[list[LinkMeasurement]], bool]:
+    def ok(ms: list[LinkMeasurement]) -> bool:
+        return (
+            max(m.uplink_mbit or 0 for m in ms) >= 0.85 * set_mbit
+            and max(m.downlink_mbit or 0 for m in ms) >= 0.85 * set_mbit
+        )
+
+    return ok
+
+
+def _check_rate(ms: list[LinkMeasurement], set_mbit: float) -> None:
+    for m in ms:
+        assert m.uplink_mbit is not None and m.downlink_mbit is not None
+        assert m.uplink_mbit <= 1.02 * set_mbit and m.downlink_mbit <= 1.02 * set_mbit, ms
+    assert max(m.uplink_mbit or 0 for m in ms) == pytest.approx(set_mbit, rel=0.15), ms
+    assert max(m.downlink_mbit or 0 for m in ms) == pytest.approx(set_mbit, rel=0.15), ms
+
+
+def _check_rtt(ms: list[LinkMeasurement], set_ms: float) -> None:
+    for m in ms:
+        assert m.rtt_min_ms is not None and m.rtt_min_ms >= set_ms, ms
+    assert min(m.rtt_ms or 1e9 for m in ms) <= set_ms + 3, ms
+
+
 def test_up_measures_rate_rtt_and_cpu(bed: Testbed) -> None:
     m = bed.last_measurement
-    assert isinstance(m, LinkMeasurement) and m.measured
-    assert m.uplink_mbit is not None and m.downlink_mbit is not None
-    assert m.uplink_mbit == pytest.approx(10, rel=0.15)
-    assert m.downlink_mbit == pytest.approx(10, rel=0.15)
-    # the delay is never shorter than asked; a little longer for the relay's timer and tbf
-    assert m.rtt_ms is not None and m.rtt_min_ms is not None
-    assert m.rtt_min_ms >= 40 and m.rtt_ms <= 43
-    assert m.seconds < 8
-    # other work on the device core can only lower the share: the quota is a ceiling, so the
-    # best of a few measurements estimates it, and none may exceed it
-    shares = [m.device_cpu_share]
-    while not 0.21 <= max(shares) <= 0.29 and len(shares) < 4:  # type: ignore[type-var]
-        shares.append(bed.measure(rate=False, rtt=False).device_cpu_share)
-    assert all(s is not None and s <= 0.29 for s in shares), shares
-    assert 0.21 <= max(shares) <= 0.29, shares  # type: ignore[type-var]
-    assert m.device_slowdown is not None and m.device_slowdown > 2
+    assert isinstance(m, LinkMeasurement) and m.measured and m.seconds < 10
+    link = _until(
+        m,
+        lambda: bed.measure(cpu=False),
+        lambda ms: _rate_ok(10)(ms) and min(x.rtt_ms or 1e9 for x in ms) <= 43,
+    )
+    _check_rate(link, 10)
+    _check_rtt(link, 40)
+    cpu = _until(
+        m,
+        lambda: bed.measure(rate=False, rtt=False),
+        lambda ms: max(x.device_cpu_share or 0 for x in ms) >= 0.21,
+    )
+    assert all(x.device_cpu_share is not None and x.device_cpu_share <= 0.29 for x in cpu), cpu
+    assert max(x.device_cpu_share or 0 for x in cpu) >= 0.21, cpu
+    assert all(x.device_slowdown is not None and x.device_slowdown > 2 for x in cpu), cpu
 
 
 def test_status_shows_what_exists(bed: Testbed) -> None:
@@ -156,21 +199,24 @@ def test_unrelayed_port_is_a_clear_error(bed: Testbed) -> None:
 def test_set_changes_rate_rtt_and_cpu(make_testbed: MakeTestbed) -> None:
     tb = make_testbed("s", rate_mbit=50, rtt_ms=20)
     tb.up(measure=False)
-    m = tb.measure(cpu=False)
-    assert m.uplink_mbit == pytest.approx(50, rel=0.15)
-    assert m.rtt_min_ms is not None and m.rtt_ms is not None
-    assert m.rtt_min_ms >= 20 and m.rtt_ms <= 23
+
+    def link() -> LinkMeasurement:
+        return tb.measure(cpu=False)
+
+    ms = _until(link(), link, lambda ms: _rate_ok(50)(ms) and min(x.rtt_ms or 1e9 for x in ms) <= 23)
+    _check_rate(ms, 50)
+    _check_rtt(ms, 20)
     m = tb.set_rate(2)
     assert m is not None and m.rate_set_mbit == 2
-    assert m.uplink_mbit == pytest.approx(2, rel=0.15)
-    assert m.downlink_mbit == pytest.approx(2, rel=0.15)
+    _check_rate(_until(m, lambda: tb.measure(rtt=False, cpu=False), _rate_ok(2)), 2)
     tb.set(device_cpu=0.5, rtt_ms=40, measure=False)
     assert tb.group("device").quota() == (5000, 10_000)
-    m = tb.measure(rate=False, cpu=False)
-    assert m.rtt_min_ms is not None and m.rtt_min_ms >= 40
+    ms = _until(link(), link, lambda ms: min(x.rtt_ms or 1e9 for x in ms) <= 43)
+    _check_rtt(ms, 40)
     # another process (as the CLI is) sees the changes
-    again = Testbed.attach(tb.names.name)
-    assert again.options.rate_mbit == 2 and again.options.rtt_ms == 40 and again.options.device_cpu == 0.5
+    attached = Testbed.attach(tb.names.name)
+    assert attached.options.rate_mbit == 2 and attached.options.rtt_ms == 40
+    assert attached.options.device_cpu == 0.5
 
 
 def test_up_twice_then_down_twice(make_testbed: MakeTestbed) -> None:

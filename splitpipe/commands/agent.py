@@ -1,0 +1,118 @@
+"""``splitpipe agent EXPORT_DIR --server HOST:PORT``: the on-device daemon (head, codec, stream)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+_MIB = 1 << 20
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "agent",
+        help="run the head on this device and stream the cut to `splitpipe serve`",
+        description=(
+            "Capture frames, run the head of an export with ONNX Runtime, compress the cut tensors "
+            "with the manifest's codec and stream them over one gRPC stream to `splitpipe serve`, "
+            "with a window of frames in flight. Runs until --frames, the end of the source, or "
+            "SIGTERM/SIGINT, then finishes the frames in flight and exits 0. A `local` export runs "
+            "the whole model here, with no server. See docs/agent.md."
+        ),
+    )
+    parser.add_argument("export_dir", type=Path, metavar="EXPORT_DIR", help="written by splitpipe export")
+    parser.add_argument(
+        "--server", metavar="HOST:PORT", help="address of splitpipe serve (not for a local export)"
+    )
+    parser.add_argument(
+        "--source",
+        nargs="+",
+        default=["synthetic"],
+        metavar="SRC",
+        help="synthetic (default), images DIR, video FILE, or camera N",
+    )
+    parser.add_argument("--loop", action="store_true", help="start images and video files over at their end")
+    parser.add_argument(
+        "--frames", type=int, metavar="N", help="stop after N frames (default: run until stopped)"
+    )
+    parser.add_argument("--fps", type=float, metavar="F", help="capture at most F frames per second")
+    parser.add_argument(
+        "--window", type=int, default=4, metavar="W", help="frames sent and not yet answered (default 4)"
+    )
+    parser.add_argument("--report", type=Path, metavar="FILE", help="write the agent report (JSON) here")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="K",
+        help="head intra-op threads; 0 lets ONNX Runtime choose",
+    )
+    parser.add_argument("--runtime", default="ort", help="runner of the head (default ort)")
+    parser.add_argument("--providers", default="cpu", help="ONNX Runtime execution providers (default cpu)")
+    parser.add_argument(
+        "--log-interval",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between log lines; 0: off (default 5)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        metavar="S",
+        help="give up when no server answers for S seconds (default: keep retrying)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on stop, seconds frames in flight may take (default 30)",
+    )
+    parser.add_argument(
+        "--device-profile",
+        metavar="NAME",
+        help="profile whose power figures estimate energy where no sensor exists (e.g. rpi4)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of synthetic frames (default 0)")
+    parser.add_argument(
+        "--max-message-mb", type=int, default=256, help="gRPC message size limit, MiB (default 256)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from splitpipe.edge import Agent, AgentOptions, ClientOptions, parse_source
+    from splitpipe.errors import SplitpipeError
+
+    if args.threads < 0:
+        raise SplitpipeError(f"--threads must be >= 0 (0 lets the runtime choose), got {args.threads}")
+    options = AgentOptions(
+        export_dir=args.export_dir,
+        server=args.server,
+        source=parse_source(args.source, loop=args.loop, seed=args.seed),
+        frames=args.frames,
+        fps=args.fps,
+        threads=args.threads or None,
+        runtime=args.runtime,
+        providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
+        client=ClientOptions(
+            window=args.window,
+            connect_timeout_s=args.connect_timeout,
+            max_message_bytes=args.max_message_mb * _MIB,
+        ),
+        log_interval_s=args.log_interval,
+        drain_timeout_s=args.drain_timeout,
+        device_profile=args.device_profile,
+        report=args.report,
+    )
+    agent = Agent(options)
+    report = asyncio.run(agent.run(handle_signals=True))
+    for line in report.lines():
+        print(line)
+    if args.report:
+        print(f"report written to {args.report}")
+    return 0

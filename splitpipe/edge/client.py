@@ -1,0 +1,320 @@
+"""One ModelStreamInfer stream to a server: a bounded window, replies matched by id, reconnects.
+
+:class:`StreamClient` runs on an asyncio event loop (``grpc.aio``). ``send`` waits for a free
+slot of the window, remembers the frame and writes it; a reader task hands each reply to the
+``on_reply`` callback with the time it arrived. When the server is not up yet, or the stream
+breaks, the client reconnects with a doubling backoff on a fresh channel and resends, in order,
+every frame whose reply had not arrived: no frame is lost, and each is answered once (a reply
+for a frame no longer pending is dropped and counted).
+
+Requests and replies travel as bytes (no serializer): the agent builds requests itself
+(:mod:`splitpipe.edge.wire`) and parses replies where it records them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from splitpipe.edge.options import ClientOptions
+from splitpipe.errors import SplitpipeError
+from splitpipe.proto.inference import grpc_service_pb2 as pb
+from splitpipe.proto.inference import grpc_service_pb2_grpc as pb_grpc
+
+_LOGGER = logging.getLogger(__name__)
+
+STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
+@dataclass(eq=False)
+class Pending:
+    """A frame sent (or waiting to be sent) whose reply has not arrived."""
+
+    id: str
+    data: bytes
+    context: Any = None
+    sent_at: float = 0.0  # perf_counter of the latest write
+    stream: int = -1  # the stream it was last written to
+    sends: int = 0
+
+
+class StreamClient:
+    """Streams requests to ``model`` at ``address`` with at most ``options.window`` unanswered.
+
+    ``on_reply(pending, reply, arrived)`` runs on the event loop for each reply of a pending
+    frame: ``reply`` is the parsed ModelStreamInferResponse, ``arrived`` its perf_counter.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        model: str,
+        on_reply: Callable[[Pending, pb.ModelStreamInferResponse, float], None],
+        options: ClientOptions | None = None,
+        expected_inputs: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self.address = address
+        self.model = model
+        self.options = options or ClientOptions()
+        self.on_reply = on_reply
+        self.expected_inputs = expected_inputs
+        self.reconnects = 0  # streams opened after the first
+        self.resent = 0  # frames written again after a stream broke
+        self.duplicates = 0  # replies for frames no longer pending
+        self._pending: dict[str, Pending] = {}
+        self._window = asyncio.Semaphore(self.options.window)
+        self._write_lock = asyncio.Lock()
+        self._channel: grpc.aio.Channel | None = None
+        self._call: Any = None
+        self._stream = 0
+        self._connected = asyncio.Event()
+        self._broken = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self._closing = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+
+    # -- public ---------------------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def start(self, abort: asyncio.Event | None = None) -> None:
+        """Connect (waiting for the server with backoff) and open the stream. Raises
+        SplitpipeError if the server does not serve the model, or no server answered within
+        ``connect_timeout_s``; returns early, unconnected, once ``abort`` is set."""
+        await self._connect(abort)
+        if self._channel is None:
+            return
+        self._open_stream()
+        self._supervisor = asyncio.create_task(self._supervise(), name="splitpipe-stream")
+
+    async def send(self, frame_id: str, data: bytes, context: Any = None) -> None:
+        """Wait for a window slot, then write the frame (it is resent after a reconnect until
+        its reply arrives)."""
+        await self._window.acquire()
+        if self._failure is not None:
+            self._window.release()
+            raise self._failure
+        entry = Pending(frame_id, data, context)
+        self._pending[frame_id] = entry
+        self._empty.clear()
+        await self._write(entry)
+
+    async def drain(self, timeout: float | None, abort: asyncio.Event | None = None) -> bool:
+        """Wait until every pending frame is answered; False if ``timeout`` or ``abort`` came first."""
+        waits = [asyncio.ensure_future(self._empty.wait())]
+        if abort is not None:
+            waits.append(asyncio.ensure_future(abort.wait()))
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        return self._empty.is_set()
+
+    def abandon(self) -> list[Pending]:
+        """The frames still unanswered (they will not be); clears them."""
+        left = list(self._pending.values())
+        self._pending.clear()
+        self._empty.set()
+        return left
+
+    async def close(self) -> None:
+        """Half-close the stream, stop reconnecting, release the channel."""
+        self._closing = True
+        if self._call is not None:
+            try:
+                async with self._write_lock:
+                    await self._call.done_writing()
+            except (grpc.RpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+                pass
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        await self._close_channel()
+
+    # -- connection -----------------------------------------------------------------------------
+    def _channel_options(self) -> list[tuple[str, Any]]:
+        o = self.options
+        return [
+            ("grpc.max_send_message_length", o.max_message_bytes),
+            ("grpc.max_receive_message_length", o.max_message_bytes),
+            ("grpc.keepalive_time_ms", int(o.keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(o.keepalive_s * 1000)),
+            ("grpc.http2.max_pings_without_data", 0),
+            # a fresh channel per attempt already dials at once; keep gRPC's own redial short too
+            ("grpc.initial_reconnect_backoff_ms", int(o.backoff_initial_s * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(o.backoff_max_s * 1000)),
+        ]
+
+    async def _close_channel(self) -> None:
+        if self._channel is not None:
+            channel, self._channel, self._call = self._channel, None, None
+            await channel.close(grace=None)
+
+    async def _connect(self, abort: asyncio.Event | None) -> None:
+        """Dial until ModelMetadata for our model answers; checks that it takes our inputs."""
+        o = self.options
+        delay = o.backoff_initial_s
+        started = time.monotonic()
+        attempts = 0
+        while True:
+            await self._close_channel()
+            channel = grpc.aio.insecure_channel(self.address, options=self._channel_options())
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            attempts += 1
+            try:
+                meta = await stub.ModelMetadata(
+                    pb.ModelMetadataRequest(name=self.model), timeout=o.rpc_timeout_s
+                )
+            except grpc.aio.AioRpcError as exc:
+                await channel.close(grace=None)
+                if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED):
+                    raise SplitpipeError(f"server {self.address}: {exc.details()}") from None
+                why = f"{exc.code().name}: {(exc.details() or '').splitlines()[0] if exc.details() else ''}"
+                waited = time.monotonic() - started
+                if o.connect_timeout_s is not None and waited + delay > o.connect_timeout_s:
+                    raise SplitpipeError(
+                        f"server {self.address} did not answer within {o.connect_timeout_s:g} s ({why})"
+                    ) from None
+                if attempts == 1 or attempts % 10 == 0:
+                    _LOGGER.warning(
+                        "server %s not reachable (%s); retrying in %.1f s", self.address, why, delay
+                    )
+                if abort is not None:
+                    try:
+                        await asyncio.wait_for(abort.wait(), delay * random.uniform(0.8, 1.2))
+                        return
+                    except asyncio.TimeoutError:
+                        pass
+                else:
+                    await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, o.backoff_max_s)
+                continue
+            self._check_metadata(meta)
+            self._channel = channel
+            if attempts > 1:
+                _LOGGER.info("connected to %s after %d attempts", self.address, attempts)
+            return
+
+    def _check_metadata(self, meta: pb.ModelMetadataResponse) -> None:
+        if self.expected_inputs is None:
+            return
+        served = [(t.name, t.datatype) for t in meta.inputs]
+        if sorted(served) != sorted(self.expected_inputs):
+            raise SplitpipeError(
+                f"server {self.address} serves {self.model!r} with inputs {served}, but this export sends "
+                f"{self.expected_inputs}; serve the same export directory"
+            )
+
+    def _open_stream(self) -> None:
+        assert self._channel is not None
+        self._stream += 1
+        method = self._channel.stream_stream(STREAM_METHOD)  # bytes in, bytes out
+        self._call = method()
+        self._broken.clear()
+        self._connected.set()
+
+    async def _supervise(self) -> None:
+        """Read replies; on a broken stream reconnect, resend what is unanswered, read on."""
+        while True:
+            reader = asyncio.create_task(self._read(self._call))
+            broken = asyncio.create_task(self._broken.wait())
+            done, _ = await asyncio.wait({reader, broken}, return_when=asyncio.FIRST_COMPLETED)
+            broken.cancel()
+            error: BaseException | None = None
+            if reader in done:
+                error = reader.exception()
+                if error is None and self._closing:
+                    return  # the server ended the stream after our half-close
+            else:
+                reader.cancel()
+            if self._closing and not self._pending:
+                return
+            self._connected.clear()
+            _LOGGER.warning(
+                "stream to %s broke (%s); reconnecting, %d frame(s) to resend",
+                self.address,
+                _describe(error) if error else "server ended the stream",
+                len(self._pending),
+            )
+            try:
+                await self._connect(None)
+            except SplitpipeError as exc:
+                self._fail(exc)
+                return
+            self.reconnects += 1
+            self._open_stream()
+            for entry in list(self._pending.values()):
+                if await self._write(entry):
+                    self.resent += 1
+
+    def _fail(self, exc: BaseException) -> None:
+        """A reconnect that cannot succeed (the model is gone): unblock senders with the error."""
+        self._failure = exc
+        for _ in range(self.options.window):
+            self._window.release()
+
+    async def _write(self, entry: Pending) -> bool:
+        """Write ``entry`` to the current stream unless it was already written there."""
+        async with self._write_lock:
+            call = self._call
+            if call is None or entry.stream == self._stream or entry.id not in self._pending:
+                return False
+            entry.stream = self._stream
+            entry.sent_at = time.perf_counter()
+            entry.sends += 1
+            try:
+                await call.write(entry.data)
+            except (grpc.RpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
+                _LOGGER.debug("write of frame %s failed: %s", entry.id, exc)
+                self._broken.set()
+                return False
+            return True
+
+    async def _read(self, call: Any) -> None:
+        pending = self._pending
+        while True:
+            data = await call.read()
+            if data is grpc.aio.EOF:
+                if self._closing and not pending:
+                    return
+                raise ConnectionError("the server ended the stream")
+            arrived = time.perf_counter()
+            try:
+                reply = pb.ModelStreamInferResponse.FromString(data)
+            except DecodeError as exc:
+                _LOGGER.warning("dropped a reply that is not a ModelStreamInferResponse: %s", exc)
+                continue
+            frame_id = reply.infer_response.id
+            if not frame_id and reply.error_message and pending:
+                # a request the server could not read has no id to echo; replies come in
+                # request order, so it is the oldest one unanswered
+                frame_id = next(iter(pending))
+            entry = pending.pop(frame_id, None)
+            if entry is None:
+                self.duplicates += 1
+                continue
+            if not pending:
+                self._empty.set()
+            self._window.release()
+            self.on_reply(entry, reply, arrived)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        details = (exc.details() or "").splitlines()
+        return f"{exc.code().name}: {details[0] if details else ''}"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,182 @@
+"""The device's view of an export directory: the manifest checked, head.onnx's sha256 verified,
+and one codec per cut tensor (static scales where the manifest has them).
+
+Only numpy and the standard library are needed here; the device never reads tail.onnx.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from splitpipe.devices.runtimes import TensorSpec
+from splitpipe.errors import SplitpipeError
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "splitpipe-export"
+MANIFEST_VERSIONS = (1,)
+
+
+def _fail(directory: Path, message: str) -> SplitpipeError:
+    return SplitpipeError(f"export {directory}: {message}")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _specs(
+    directory: Path, manifest: dict[str, Any], key: str, allow_empty: bool = False
+) -> tuple[TensorSpec, ...]:
+    entries = manifest.get(key)
+    if not isinstance(entries, list) or (not entries and not allow_empty):
+        raise _fail(directory, f"manifest field {key!r} must be a non-empty list of tensors")
+    specs = []
+    for entry in entries:
+        try:
+            shape = tuple(None if d is None else int(d) for d in entry["shape"])
+            specs.append(TensorSpec(str(entry["name"]), np.dtype(entry["dtype"]), shape))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _fail(
+                directory, f"manifest {key!r} entry {entry!r} is not {{name, dtype, shape}} ({exc})"
+            ) from None
+    return tuple(specs)
+
+
+@dataclass(frozen=True)
+class EdgeExport:
+    """An export directory as the agent uses it. ``local``: the head is the whole model, no server."""
+
+    directory: Path
+    name: str
+    manifest: dict[str, Any]
+    head_path: Path
+    inputs: tuple[TensorSpec, ...]
+    cut: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    local: bool
+    codec_name: str
+    calibration: dict[str, Any]
+    preprocess: dict[str, Any] | None
+
+    @property
+    def split_id(self) -> Any:
+        return (self.manifest.get("split") or {}).get("id")
+
+    @property
+    def split_label(self) -> str:
+        return str((self.manifest.get("split") or {}).get("label", ""))
+
+    def codecs(self) -> dict[str, Any]:
+        """Cut tensor name -> configured Codec, or None where the tensor travels plain.
+
+        Plain ``raw`` sends the tensor's bytes with no codec parameters: the same bytes, and the
+        server has no meta to check (docs/server.md, "plain")."""
+        from splitpipe.kernels import Calibration, get_codec, parse_name
+
+        spec = parse_name(self.codec_name)
+        out: dict[str, Any] = {}
+        for tensor in self.cut:
+            if spec.base == "raw" and spec.entropy is None:
+                out[tensor.name] = None
+                continue
+            cal = self.calibration.get(tensor.name)
+            calibration = Calibration.from_json(cal) if cal is not None else None
+            out[tensor.name] = get_codec(self.codec_name, calibration=calibration)
+        return out
+
+
+def load_export(directory: str | Path) -> EdgeExport:
+    """Read and check ``DIR/manifest.json`` and ``DIR/head.onnx`` (sha256) for the agent."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise SplitpipeError(f"export directory not found: {directory} (write one with `splitpipe export`)")
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise _fail(directory, f"no {MANIFEST} (is this a directory written by `splitpipe export`?)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _fail(directory, f"{MANIFEST} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise _fail(directory, f'{MANIFEST} has no "format": {MANIFEST_FORMAT!r}')
+    if manifest.get("version") not in MANIFEST_VERSIONS:
+        raise _fail(
+            directory,
+            f"manifest version {manifest.get('version')!r} is not supported; supported: {list(MANIFEST_VERSIONS)}",
+        )
+    name = manifest.get("name")
+    if not isinstance(name, str) or not name:
+        raise _fail(directory, "manifest field 'name' must be a non-empty string")
+
+    files = manifest.get("files")
+    head = files.get("head") if isinstance(files, dict) else None
+    if (
+        not isinstance(head, dict)
+        or not isinstance(head.get("path"), str)
+        or not isinstance(head.get("sha256"), str)
+    ):
+        raise _fail(directory, "manifest field files.head must give the head's path and sha256")
+    head_path = (directory / head["path"]).resolve()
+    if not head_path.is_relative_to(directory.resolve()):
+        raise _fail(directory, f"files.head.path {head['path']!r} points outside the export directory")
+    if not head_path.is_file():
+        raise _fail(directory, f"{head['path']} is missing")
+    digest = sha256_file(head_path)
+    if digest != head["sha256"].lower():
+        raise _fail(
+            directory,
+            f"{head['path']} has sha256 {digest[:16]}..., the manifest says {head['sha256'][:16]}...; "
+            "the file was changed or corrupted, export again",
+        )
+
+    split = manifest.get("split")
+    split = split if isinstance(split, dict) else {}
+    has_tail = isinstance(files, dict) and "tail" in files
+    local = split.get("id") == "local" or not has_tail
+    inputs = _specs(directory, manifest, "inputs")
+    cut = _specs(directory, manifest, "cut", allow_empty=local)
+    outputs = _specs(directory, manifest, "outputs")
+    if local and cut:
+        raise _fail(directory, "a local export (no tail) must have an empty 'cut'")
+
+    codec = manifest.get("codec") or {"name": "raw"}
+    if not isinstance(codec, dict) or not isinstance(codec.get("name"), str):
+        raise _fail(directory, "manifest field codec must be an object with a 'name'")
+    calibration = codec.get("calibration") or {}
+    if not isinstance(calibration, dict):
+        raise _fail(directory, "manifest field codec.calibration must map cut tensor names to scales")
+    unknown = sorted(set(calibration) - {t.name for t in cut})
+    if unknown:
+        raise _fail(directory, f"codec.calibration names {unknown}, which are not cut tensors")
+    preprocess = manifest.get("preprocess")
+    if preprocess is not None and not isinstance(preprocess, dict):
+        raise _fail(directory, "manifest field preprocess must be an object or null")
+    export = EdgeExport(
+        directory=directory,
+        name=name,
+        manifest=manifest,
+        head_path=head_path,
+        inputs=inputs,
+        cut=cut,
+        outputs=outputs,
+        local=local,
+        codec_name=codec["name"],
+        calibration=calibration,
+        preprocess=preprocess,
+    )
+    if not local:
+        try:
+            export.codecs()  # an unknown codec or bad scales fail here, before any frame
+        except SplitpipeError as exc:
+            raise _fail(directory, f"codec: {exc}") from None
+    return export

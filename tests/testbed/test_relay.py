@@ -64,9 +64,10 @@ def test_round_trip_is_twice_the_one_way_delay_after_a_handshake(tmp_path: Path)
     async def body(port: int, config: Path) -> None:
         rtts = await _round_trips(port, 8)
         # connect + first exchange: one RTT of handshake and one of data, as over a real link;
-        # never less than asked, a little more where a busy machine wakes the relay late
-        assert 80 <= rtts[0] <= 110, rtts
-        assert min(rtts[1:]) >= 40 and statistics.median(rtts[1:]) <= 46, rtts
+        # never less than asked; the upper bounds only rule out a doubled delay or stop-and-wait,
+        # since a busy machine may wake this (normal priority) test relay late
+        assert 80 <= rtts[0] <= 120, rtts
+        assert min(rtts[1:]) >= 40 and statistics.median(rtts[1:]) <= 55, rtts
 
     asyncio.run(_with_relay(tmp_path, RelayConfig(20, 1 << 20), _echo, body))
 
@@ -76,7 +77,7 @@ def test_delay_is_read_per_connection(tmp_path: Path) -> None:
         first = statistics.median((await _round_trips(port, 5))[1:])
         RelayConfig(5, 1 << 20).write(config)
         second = statistics.median((await _round_trips(port, 5))[1:])
-        assert 40 <= first <= 46 and 10 <= second <= 16
+        assert 40 <= first <= 55 and 10 <= second <= 25
 
     asyncio.run(_with_relay(tmp_path, RelayConfig(20, 1 << 20), _echo, body))
 
@@ -95,7 +96,7 @@ def test_delay_line_preserves_throughput(tmp_path: Path) -> None:
         writer.close()
         assert int(reply) == size  # every byte arrived, and the half-close travelled after them
         # handshake + one-way there + one-way back, plus 4 MiB at the delay line's 8 MiB / 50 ms
-        assert 0.2 <= elapsed < 1.0, elapsed
+        assert 0.2 <= elapsed < 2.0, elapsed
 
     asyncio.run(_with_relay(tmp_path, RelayConfig(50, 8 << 20), _count_then_reply, body))
 
@@ -138,6 +139,6 @@ def test_unreachable_target_closes_the_client(tmp_path: Path) -> None:
 def test_zero_delay_passes_straight_through(tmp_path: Path) -> None:
     async def body(port: int, config: Path) -> None:
         rtts = await _round_trips(port, 5)
-        assert statistics.median(rtts[1:]) < 5
+        assert statistics.median(rtts[1:]) < 10
 
     asyncio.run(_with_relay(tmp_path, RelayConfig(0.0, 1 << 20), _echo, body))

@@ -136,9 +136,13 @@ class Testbed:
     @property
     def delay_method(self) -> str:
         """'netem' or 'relay' (known once the testbed is up)."""
+        self._require_up()
+        assert self._delay_method is not None
+        return self._delay_method
+
+    def _require_up(self) -> None:
         if self._delay_method is None:
             raise SplitpipeError(f"testbed {self.names.name!r} is not up")
-        return self._delay_method
 
     @property
     def _state_file(self) -> Path:
@@ -410,7 +414,7 @@ class Testbed:
         self, side: str, argv: Sequence[str], cgroup: bool = True, **kwargs: Any
     ) -> subprocess.Popen[Any]:
         """Start a process on a side (its namespace and, by default, its cgroup)."""
-        self.delay_method  # noqa: B018 - raises if not up
+        self._require_up()
         proc: subprocess.Popen[Any] = subprocess.Popen(self.command(side, argv, cgroup), **kwargs)
         self._children.append(proc)
         return proc
@@ -419,7 +423,7 @@ class Testbed:
         self, side: str, argv: Sequence[str], cgroup: bool = True, **kwargs: Any
     ) -> subprocess.CompletedProcess[Any]:
         """Run a process on a side to completion (keyword arguments as for subprocess.run)."""
-        self.delay_method  # noqa: B018 - raises if not up
+        self._require_up()
         return subprocess.run(self.command(side, argv, cgroup), **kwargs)
 
     # ----------------------------------------------------------------- status

@@ -51,6 +51,21 @@ def add_cost_arguments(p: argparse.ArgumentParser) -> None:
         help="random inputs the codec is measured on (default 2)",
     )
     p.add_argument(
+        "--offload-codec",
+        default="raw",
+        help="how the offload baseline sends the input: raw (default, as it is) or a codec, e.g. jpeg for images",
+    )
+    p.add_argument(
+        "--device-from",
+        metavar="PLAN.json",
+        help="take head and encode times from a plan measured on the device (splitpipe plan ... --json there)",
+    )
+    p.add_argument(
+        "--server-from",
+        metavar="PLAN.json",
+        help="take tail and decode times from a plan measured on the server",
+    )
+    p.add_argument(
         "--threads", type=int, default=1, help="ONNX Runtime intra-op threads when measuring (default 1)"
     )
     p.add_argument(
@@ -98,6 +113,9 @@ def request_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         codec=args.codec or "raw",
         max_error=args.max_error,
         calibration_samples=args.calibration_samples,
+        offload_codec=args.offload_codec,
+        device_from=args.device_from,
+        server_from=args.server_from,
         objectives=objectives,
         max_cut_tensors=args.max_cut_tensors,
         threads=args.threads,

@@ -54,6 +54,12 @@ class PlanRequest:
     max_error: float | None = None
     #: random inputs whose cut tensors the codec is measured (and, for auto, chosen) on
     calibration_samples: int = 2
+    #: how the offload baseline sends the input: raw (as it is), or a codec such as jpeg for images
+    offload_codec: str = "raw"
+    #: plan JSONs measured on the device / on the server: their head / tail (and encode / decode)
+    #: times replace this machine's (profile on the real hardware, plan anywhere)
+    device_from: str | None = None
+    server_from: str | None = None
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     max_cut_tensors: int = 1
     threads: int = 1
@@ -217,6 +223,8 @@ def _validate(req: PlanRequest) -> None:
     if req.max_error is not None and not req.max_error >= 0:
         raise SplitpipeError(f"--max-error must be a non-negative number, got {req.max_error}")
     check_codec_name(req.codec)
+    if req.offload_codec != "raw":
+        check_codec_name(req.offload_codec)
 
 
 @dataclass
@@ -235,16 +243,61 @@ def analyse(req: PlanRequest) -> Analysis:
     return Analysis(loaded, graph, cuts)
 
 
-def _cut_codecs(req: PlanRequest, graph: Graph, cuts: list[Cut]) -> dict[int, CutCodec]:
-    """Encode every cut's real tensors, computed for a few random inputs, with the requested codec."""
+def _codecs(req: PlanRequest, graph: Graph, cuts: list[Cut]) -> dict[int | str, CutCodec]:
+    """Encode every cut's real tensors, computed for a few random inputs, with the requested codec;
+    and the inputs themselves with the offload codec (key ``offload``)."""
     feeds = [
         random_feed((graph.info(t) for t in graph.inputs), seed=s) for s in range(req.calibration_samples)
     ]
     values = probe(graph, [t for c in cuts for t in c.tensors], feeds)
-    return {
+    out: dict[int | str, CutCodec] = {
         c.id: codec_for_cut(req.codec, [[v[t] for t in c.tensors] for v in values], max_error=req.max_error)
         for c in cuts
     }
+    out["offload"] = codec_for_cut(req.offload_codec, [[f[t] for t in graph.inputs] for f in feeds])
+    return out
+
+
+@dataclass
+class _FromPlan:
+    """Timings taken from a plan measured on the device or the server."""
+
+    timings: Timings
+    #: per option id: (codec, encode ms on the device or decode ms on the server)
+    codec_ms: dict[int | str, tuple[str, float]]
+
+
+def _from_plan(path: str, side: str, req: PlanRequest, cuts: list[Cut]) -> _FromPlan:
+    """Head (device) or tail (server) times of every cut from a plan made on that machine."""
+    other = read_plan(path)
+    where = f"--{side}-from {path}"
+    if other.model != req.model or other.request.input_shape != req.input_shape:
+        raise SplitpipeError(f"{where} is a plan of {other.model} {other.input_shape}, not of {req.model}")
+    theirs = {c.id: c for c in other.candidates}
+    for cut in cuts:
+        c = theirs.get(cut.id)
+        if c is None or [t["name"] for t in c.tensors] != list(cut.tensors):
+            raise SplitpipeError(
+                f"{where} has other split points (plan it with the same --max-cut-tensors and model)"
+            )
+    mine = other.device if side == "device" else other.server
+    if side == "device":
+        times = {int(c.id): c.head_ms for c in other.candidates}
+        full = other.baselines["local"].head_ms
+        codec = {c.id: (c.codec, c.encode_ms) for c in other.candidates}
+        codec["offload"] = (other.baselines["offload"].codec, other.baselines["offload"].encode_ms)
+        timings = Timings(
+            times, {}, full, mine["estimated"], f"from {path}: {mine['method']}", mine["details"]
+        )
+    else:
+        times = {int(c.id): c.tail_ms for c in other.candidates}
+        full = other.baselines["offload"].tail_ms
+        codec = {c.id: (c.codec, c.decode_ms) for c in other.candidates}
+        codec["offload"] = (other.baselines["offload"].codec, other.baselines["offload"].decode_ms)
+        timings = Timings(
+            {}, times, full, mine["estimated"], f"from {path}: {mine['method']}", mine["details"]
+        )
+    return _FromPlan(timings, codec)
 
 
 def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Analysis | None = None) -> Plan:
@@ -261,22 +314,35 @@ def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Anal
             "no cut with at most %d crossing tensor(s); try --max-cut-tensors", req.max_cut_tensors
         )
 
+    dev_from = _from_plan(req.device_from, "device", req, cuts) if req.device_from else None
+    srv_from = _from_plan(req.server_from, "server", req, cuts) if req.server_from else None
+    measure_here = (req.device == "local" and not dev_from) or (req.server == "local" and not srv_from)
     measured: Timings | None = None
-    if "local" in (req.device, req.server) and req.profile_mode != "analytic":
+    if measure_here and req.profile_mode != "analytic":
         opts = MeasureOptions(
             threads=req.threads, warmup=req.warmup, repeats=req.repeats, mode=req.profile_mode
         )
         measured = measure(graph, cuts, opts, progress)
     dev_t = measured if measured and req.device == "local" else analytic(graph, cuts, device)
     srv_t = measured if measured and req.server == "local" else analytic(graph, cuts, server)
+    dev_t = dev_from.timings if dev_from else dev_t
+    srv_t = srv_from.timings if srv_from else srv_t
 
-    codecs = _cut_codecs(req, graph, cuts)
+    codecs = _codecs(req, graph, cuts)
     # Codec times were measured here; codecs are memory-bound, so scale them by bandwidth.
     here = resolve_profile("local") if {req.device, req.server} != {"local"} else device
     enc_scale = 1.0 if req.device == "local" else here.mem_bandwidth_gbs / device.mem_bandwidth_gbs
     dec_scale = 1.0 if req.server == "local" else here.mem_bandwidth_gbs / server.mem_bandwidth_gbs
+
+    def codec_ms(
+        side: _FromPlan | None, cut_id: int | str, codec: str, here_ms: float, scale: float
+    ) -> tuple[float, bool]:
+        """A codec time measured on that side if its plan used the same codec, else this machine's, scaled."""
+        if side and cut_id in side.codec_ms and side.codec_ms[cut_id][0] == codec:
+            return side.codec_ms[cut_id][1], False
+        return here_ms * scale, scale != 1.0 or side is not None
+
     outputs_bytes = sum(graph.info(t).nbytes for t in graph.outputs)
-    input_bytes = sum(graph.info(t).nbytes for t in graph.inputs)
     e_src = energy_source(device)
 
     def option(
@@ -286,8 +352,8 @@ def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Anal
         est = {
             "head_ms": dev_t.estimated,
             "tail_ms": srv_t.estimated,
-            "encode_ms": req.device != "local",
-            "decode_ms": req.server != "local",
+            "encode_ms": req.device != "local" or dev_from is not None,
+            "decode_ms": req.server != "local" or srv_from is not None,
             "tx_bytes": False,
             "tx_ms": sent,
             "e2e_ms": sent or dev_t.estimated,
@@ -315,21 +381,37 @@ def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Anal
             e2e_ms=times["e2e_ms"],
         )
 
-    candidates = []
-    for cut in cuts:
-        cc = codecs[cut.id]
-        stages = Stages(
-            dev_t.head_ms[cut.id],
-            cc.encode_ms * enc_scale,
-            cc.tx_bytes,
-            cc.decode_ms * dec_scale,
-            srv_t.tail_ms[cut.id],
-            outputs_bytes,
+    def sent_option(
+        oid: int | str, label: str, tensors: list[str], head_ms: float, tail_ms: float, mem: int, flops: int
+    ) -> Option:
+        cc = codecs[oid]
+        enc, enc_est = codec_ms(dev_from, oid, cc.codec, cc.encode_ms, enc_scale)
+        dec, dec_est = codec_ms(srv_from, oid, cc.codec, cc.decode_ms, dec_scale)
+        opt = option(
+            oid,
+            label,
+            tensors,
+            Stages(head_ms, enc, cc.tx_bytes, dec, tail_ms, outputs_bytes),
+            mem,
+            flops,
+            True,
         )
-        mem = weight_bytes(graph, cut.head) + peak_activation_bytes(graph, cut.head)
-        opt = option(cut.id, cut.label, list(cut.tensors), stages, mem, total_flops(graph, cut.head), True)
         opt.codec, opt.codec_error = cc.codec, cc.rel_l2
-        candidates.append(opt)
+        opt.estimated["encode_ms"], opt.estimated["decode_ms"] = enc_est, dec_est
+        return opt
+
+    candidates = [
+        sent_option(
+            cut.id,
+            cut.label,
+            list(cut.tensors),
+            dev_t.head_ms[cut.id],
+            srv_t.tail_ms[cut.id],
+            weight_bytes(graph, cut.head) + peak_activation_bytes(graph, cut.head),
+            total_flops(graph, cut.head),
+        )
+        for cut in cuts
+    ]
 
     full_flops = total_flops(graph, graph.full)
     local = option(
@@ -342,16 +424,8 @@ def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Anal
         False,
     )
     local.estimated["tail_ms"] = False
-    offload = option(
-        "offload",
-        "input sent as it is",
-        list(graph.inputs),
-        Stages(0.0, 0.0, input_bytes, 0.0, srv_t.full_ms, outputs_bytes),
-        0,
-        0,
-        True,
-    )
-    offload.codec = "raw"
+    label = "input sent as it is" if req.offload_codec == "raw" else f"input sent as {req.offload_codec}"
+    offload = sent_option("offload", label, list(graph.inputs), 0.0, srv_t.full_ms, 0, 0)
     offload.estimated["head_ms"] = False
     baselines = {"local": local, "offload": offload}
 

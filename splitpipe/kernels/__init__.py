@@ -10,6 +10,9 @@ For the planner: ``measure_codec`` (bytes, encode/decode ms, relative L2 error, 
 ``pick_codec(samples, max_error)`` (smallest codec within an error budget) and ``qdq_params`` /
 ``verify_qdq`` (fold int8/sym into QuantizeLinear/DequantizeLinear of exported graphs).
 
+``jpeg`` / ``jpeg:QUALITY`` codes NCHW images (1 or 3 channels) as one JPEG per image, for
+inputs that are camera images (the "offload as JPEG" baseline); it needs Pillow.
+
 Names, meta fields, safety limits and how to choose: docs/codecs.md. Every fast path (ONNX
 Runtime kernels, vectorised numpy bit packing) has a slow reference beside it
 (``get_codec(name, impl="reference")``) that the tests compare it with.

@@ -123,7 +123,7 @@ def calibrate(name: str, samples: Sequence[np.ndarray], *, axis: int = 1) -> Cal
     spec = parse_name(name)
     if not spec.quantized:
         raise SplitpipeError(
-            f"codec {spec.name} has no scales to calibrate; calibrate int8, uint4 or uint2 codecs"
+            f"codec {spec.name} has no scales to calibrate; calibrate int8, uint4, uint2 or jpeg codecs"
         )
     if not samples:
         raise SplitpipeError("calibration needs at least one sample tensor")

@@ -1,12 +1,14 @@
 """Codecs: ``encode(array) -> (payload, meta)`` and ``decode(payload, meta) -> array``.
 
 A codec is a quantizer or cast (raw, fp16, int8, int8/sym, uint4, uint2; /ch per channel) and an
-optional lossless stage (+zstd, +lz4). ``decode`` dispatches on ``meta.codec`` alone, so a
-server needs no configuration to read what an agent sends.
+optional lossless stage (+zstd, +lz4); or ``jpeg``, a per-channel uint8 quantizer whose codes are
+JPEG-coded image by image (NCHW, 1 or 3 channels). ``decode`` dispatches on ``meta.codec`` alone,
+so a server needs no configuration to read what an agent sends.
 
 Decoding checks, before allocating anything: the meta (CodecMeta validates itself on the wire),
 the decoded size against ``max_bytes``, and the payload length against what the meta implies
-(for +zstd/+lz4: the frame's declared size, then a bounded decompression).
+(for +zstd/+lz4: the frame's declared size, then a bounded decompression; for jpeg: the length
+prefixes, then every stream's header against the meta's image size and mode).
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from typing import Any, Literal
 import numpy as np
 
 from splitpipe.errors import CodecError, SplitpipeError
-from splitpipe.kernels import entropy, pack, quant
+from splitpipe.kernels import entropy, jpeg, pack, quant
 from splitpipe.kernels._spec import CodecSpec, parse_name
 from splitpipe.kernels.calibration import Calibration
-from splitpipe.kernels.meta import FLOAT_DTYPES, RAW_DTYPES, CodecMeta, validate
+from splitpipe.kernels.meta import FLOAT_DTYPES, RAW_DTYPES, CodecMeta, check_image_shape, validate
 
 #: default limit on the decoded size of one tensor
 DEFAULT_MAX_BYTES = 64 << 20
@@ -80,7 +82,8 @@ class Codec:
     # ---- encode ---------------------------------------------------------------------------
 
     def encode(self, array: np.ndarray) -> tuple[bytes, CodecMeta]:
-        """Encode one tensor. Lossy codecs take float16/32/64; raw takes any numeric dtype."""
+        """Encode one tensor. Lossy codecs take float16/32/64; raw takes any numeric dtype;
+        jpeg takes NCHW tensors with 1 or 3 channels."""
         x = np.asarray(array)
         spec = self.spec
         allowed = self._allowed
@@ -94,6 +97,8 @@ class Codec:
             x = x.astype(dtype)  # other byte order: make it native first
         if x.ndim > 32:
             raise CodecError(f"codec {spec.name} takes at most 32 dimensions, got {x.ndim}")
+        if spec.image:
+            check_image_shape(spec.name, x.shape)
         kw: dict[str, object] = {}
         if spec.base == "raw":
             stream: np.ndarray = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<"))
@@ -101,7 +106,11 @@ class Codec:
             stream = self._fp16(x)
         else:
             stream, kw = self._quantize(x)
-        payload = self._compress(stream)
+        if spec.image:
+            assert spec.quality is not None
+            payload = jpeg.encode(stream.transpose(0, 2, 3, 1), spec.quality)
+        else:
+            payload = self._compress(stream)
         meta = CodecMeta(codec=spec.name, dtype=dtype, shape=x.shape, **kw)  # type: ignore[arg-type]
         return payload, meta
 
@@ -196,12 +205,14 @@ def get_codec(
     spec = parse_name(name)
     if spec.entropy:
         entropy.check_available(spec.entropy)
+    if spec.image:
+        jpeg.check_available()
     if impl not in ("fast", "reference"):
         raise SplitpipeError(f"unknown codec implementation {impl!r}; accepted: fast, reference")
     if calibration is not None:
         if not spec.quantized:
             raise SplitpipeError(
-                f"codec {spec.name} has no scales; a calibration applies to int8, uint4, uint2"
+                f"codec {spec.name} has no scales; a calibration applies to int8, uint4, uint2, jpeg"
             )
         if calibration.codec != spec.quant_name:
             raise SplitpipeError(
@@ -209,6 +220,8 @@ def get_codec(
             )
         if calibration.axis is not None:
             axis = calibration.axis
+    if spec.image and axis != CHANNEL_AXIS:
+        raise SplitpipeError(f"codec {spec.name} takes NCHW tensors: its channel axis is 1, not {axis}")
     return Codec(spec, calibration, axis, impl)
 
 
@@ -232,6 +245,10 @@ def decode(
         raise CodecError(
             f"decoded tensor {meta.dtype}{list(meta.shape)} would be {nbytes} bytes, above the limit of {max_bytes}"
         )
+    ref = impl == "reference"
+    if spec.image:
+        codes = jpeg.decode(payload, meta.shape)
+        return _restore(meta, np.ascontiguousarray(codes.transpose(0, 3, 1, 2)), ref)
     expected = _stream_bytes(spec, meta)
     if spec.entropy:
         stream: bytes | bytearray | memoryview = entropy.decompress(bytes(payload), spec.entropy, expected)
@@ -241,7 +258,6 @@ def decode(
                 f"payload is {len(payload)} bytes, the meta of {spec.name} {list(meta.shape)} implies {expected}"
             )
         stream = payload
-    ref = impl == "reference"
     shape = meta.shape
     if spec.base == "raw":
         if meta.dtype == "bool" and np.frombuffer(stream, np.uint8).max(initial=0) > 1:
@@ -276,6 +292,12 @@ def _dequantize(
     codes = codes.reshape(shape)
     if spec.bits < 8 and (codes > spec.qrange[1]).any():  # pragma: no cover - unpack masks
         raise CodecError("code out of range")
+    return _restore(meta, codes, ref)
+
+
+def _restore(meta: CodecMeta, codes: np.ndarray, ref: bool) -> np.ndarray:
+    """Codes of the meta's shape -> floats of the meta's dtype."""
+    n, shape = meta.size, meta.shape
     scale, zp = meta.scale_array(), meta.zero_point_array()
     axis = meta.axis
     if axis is not None and scale.size != shape[axis]:

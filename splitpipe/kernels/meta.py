@@ -47,6 +47,8 @@ RAW_DTYPES = (
 FLOAT_DTYPES = ("float16", "float32", "float64")
 
 MAX_RANK = 32
+#: libjpeg's largest image side
+JPEG_MAX_SIDE = 65500
 _F32_MAX = float(np.finfo(np.float32).max)
 
 ParamValue = str | int | float | bool
@@ -242,6 +244,8 @@ def _build(fields: dict[str, Any], wire: str) -> CodecMeta:
     if not isinstance(dtype, str):
         raise CodecError(f"codec meta dtype must be a string, got {dtype!r}")
     shape = _shape(fields["shape"], wire)
+    if spec.image:  # before the per-channel arrays, whose expected length depends on the shape
+        check_image_shape(spec.name, shape)
     kw: dict[str, Any] = {}
     if fields.get("scale") is not None:
         kw["scale"] = _float(fields, "scale")
@@ -251,6 +255,8 @@ def _build(fields: dict[str, Any], wire: str) -> CodecMeta:
         axis = kw["axis"] = _int(fields, "axis")
         if not 0 <= axis < len(shape):
             raise CodecError(f"codec meta axis {axis} out of range for a shape of rank {len(shape)}")
+        if spec.image and axis != 1:
+            raise CodecError(f"codec meta axis of {spec.name} must be 1 (the C of NCHW), got {axis}")
         channels = shape[axis]
         for key, width in (("scales", 4), ("zero_points", 1)):
             if fields.get(key) is not None:
@@ -276,6 +282,19 @@ def _f32_round(value: float) -> float:
     return float(struct.unpack("<f", struct.pack("<f", value))[0])
 
 
+def check_image_shape(codec: str, shape: tuple[int, ...]) -> None:
+    """Image codecs (jpeg) take NCHW with C = 1 (grey) or 3 (RGB) and sides libjpeg can store."""
+    if len(shape) != 4 or shape[1] not in (1, 3):
+        raise CodecError(
+            f"codec {codec} takes NCHW image tensors with 1 or 3 channels, got shape {list(shape)}"
+        )
+    h, w = shape[2], shape[3]
+    if not (0 < h <= JPEG_MAX_SIDE and 0 < w <= JPEG_MAX_SIDE):
+        raise CodecError(
+            f"codec {codec} takes images 1..{JPEG_MAX_SIDE} pixels high and wide, got {h}x{w} (shape {list(shape)})"
+        )
+
+
 def validate(meta: CodecMeta) -> CodecSpec:
     """Check a CodecMeta however it was made (the decoder calls this on every payload): known
     codec and version, dtype, shape, and the scale fields its codec needs, in range."""
@@ -299,6 +318,8 @@ def validate(meta: CodecMeta) -> CodecSpec:
         or not all(type(d) is int and 0 <= d < 10**15 for d in shape)
     ):
         raise CodecError(f"codec meta shape {shape!r} must be at most {MAX_RANK} non-negative integers")
+    if spec.image:
+        check_image_shape(spec.name, shape)
 
     have = (meta.scale, meta.zero_point, meta.axis, meta.scales, meta.zero_points)
     need = _NEED[(spec.quantized, spec.per_channel)]
@@ -325,6 +346,8 @@ def validate(meta: CodecMeta) -> CodecSpec:
     axis = meta.axis
     if type(axis) is not int or not 0 <= axis < len(shape):
         raise CodecError(f"codec meta axis {axis!r} out of range for a shape of rank {len(shape)}")
+    if spec.image and axis != 1:
+        raise CodecError(f"codec meta axis of {spec.name} must be 1 (the C of NCHW), got {axis}")
     channels = shape[axis]
     if not isinstance(meta.scales, bytes) or len(meta.scales) != 4 * channels:
         raise CodecError(f"codec meta scales must be {channels} float32 values ({4 * channels} bytes)")

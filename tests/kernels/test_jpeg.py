@@ -130,6 +130,9 @@ def test_batch_of_two_is_two_length_prefixed_streams() -> None:
             assert (img.format, img.mode, img.size) == ("JPEG", "RGB", (224, 224))
     y = decode(payload, meta)
     assert y.shape == x.shape
+    # the server hands payloads over as memoryviews of the request's buffer
+    np.testing.assert_array_equal(decode(memoryview(payload), meta), y)
+    np.testing.assert_array_equal(decode(bytearray(payload), meta), y)
     # scales span the batch: the same per-channel rule as int8/ch on the same tensor
     _, meta8 = get_codec("int8/ch").encode(x)
     assert (meta.scales, meta.zero_points, meta.axis) == (meta8.scales, meta8.zero_points, 1)

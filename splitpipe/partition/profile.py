@@ -16,6 +16,7 @@ always flagged estimated.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 import time
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from splitpipe.devices.profile import DeviceProfile
+from splitpipe.devices.runtimes.ort import OrtRunner
 from splitpipe.partition.cuts import Cut, is_chain
 from splitpipe.partition.flops import nodes_ms
 from splitpipe.partition.graph import Graph, random_feed
@@ -77,10 +79,14 @@ def _time_runner(
 def _time_model(
     path: Path, feed: dict[str, np.ndarray], opts: MeasureOptions
 ) -> tuple[float, dict[str, np.ndarray]]:
-    from splitpipe.devices.runtimes.ort import OrtRunner
-
     with OrtRunner(path, threads=opts.threads) as runner:
         return _time_runner(runner, feed, opts)
+
+
+def _time_once(runner: Any, feed: dict[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
+    start = time.perf_counter()
+    out = runner.infer(feed, check=False)
+    return (time.perf_counter() - start) * 1e3, out
 
 
 def call_overhead_ms(opts: MeasureOptions) -> float:
@@ -94,8 +100,6 @@ def call_overhead_ms(opts: MeasureOptions) -> float:
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8])],
     )
     model = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 18)], ir_version=8)
-    from splitpipe.devices.runtimes.ort import OrtRunner
-
     with OrtRunner(model.SerializeToString(), threads=opts.threads) as runner:
         feed = {"x": np.zeros((1, 8), np.float32)}
         heavier = MeasureOptions(opts.threads, warmup=20, repeats=200)
@@ -115,7 +119,8 @@ def measure(
     chain = is_chain(cuts) if opts.mode == "segments" else [False] * len(cuts)
     boundaries = [c for c, ok in zip(cuts, chain, strict=True) if ok]
     direct = [c for c, ok in zip(cuts, chain, strict=True) if not ok]
-    total = 1 + (len(boundaries) + 1 if boundaries else 0) + 2 * len(direct)
+    rounds = opts.warmup + max(1, opts.repeats)
+    total = rounds + 2 * len(direct)
     step = 0
 
     def tick(what: str) -> None:
@@ -126,34 +131,46 @@ def measure(
 
     overhead = call_overhead_ms(opts)
     inputs = random_feed(graph.info(t) for t in graph.inputs)
-    full_ms, _ = _time_model(graph.model_path, inputs, opts)
-    tick("whole model")
-
     head_ms: dict[int, float] = {}
     tail_ms: dict[int, float] = {}
-    values: dict[str, np.ndarray] = dict(inputs)
-    seg_ms: list[float] = []
-    prev = 0
-    for i, end in enumerate([*(c.head for c in boundaries), graph.full] if boundaries else []):
-        model, reads, _outs = segment_model(graph, prev, end)
-        path = save_beside(model, graph, f"segment_{i}.onnx")
-        try:
-            ms, out = _time_model(path, {t: values[t] for t in reads}, opts)
-        finally:
-            path.unlink(missing_ok=True)
-        values.update(out)
-        seg_ms.append(ms)
-        prev = end
-        tick(f"segment {i + 1}/{len(boundaries) + 1}")
+    ends = [*(c.head for c in boundaries), graph.full] if boundaries else []
+    with contextlib.ExitStack() as stack:
+        whole = stack.enter_context(OrtRunner(graph.model_path, threads=opts.threads))
+        segments = []
+        prev = 0
+        for i, end in enumerate(ends):
+            model, reads, _outs = segment_model(graph, prev, end)
+            path = save_beside(model, graph, f"segment_{i}.onnx")
+            try:
+                segments.append((stack.enter_context(OrtRunner(path, threads=opts.threads)), reads))
+            finally:
+                path.unlink(missing_ok=True)  # ONNX Runtime has read it, weights included
+            prev = end
+        # Round-robin: each round runs the whole model once and the segments once in a chain,
+        # so that a burst of load elsewhere on the machine hits them alike.
+        whole_times: list[float] = []
+        seg_times: list[list[float]] = [[] for _ in segments]
+        for r in range(rounds):
+            ms, _ = _time_once(whole, inputs)
+            values: dict[str, np.ndarray] = dict(inputs)
+            per_segment = []
+            for runner, reads in segments:
+                seg, out = _time_once(runner, {t: values[t] for t in reads})
+                values.update(out)
+                per_segment.append(seg)
+            if r >= opts.warmup:
+                whole_times.append(ms)
+                for i, seg in enumerate(per_segment):
+                    seg_times[i].append(seg)
+            tick(f"round {r + 1}/{rounds}" + (" (warm-up)" if r < opts.warmup else ""))
+    full_ms = statistics.median(whole_times)
+    seg_ms = [statistics.median(t) for t in seg_times]
     scale = 1.0
     seg_total = None
     if boundaries:
         # A head of i+1 segments runs as one session: one call overhead, not i+1.
         compute = [max(0.0, ms - overhead) for ms in seg_ms]
         seg_total = sum(compute) + overhead
-        # Time the whole model again, so that drift on a busy machine does not skew the scale.
-        again, _ = _time_model(graph.model_path, inputs, opts)
-        full_ms = min(full_ms, again)
         scale = max(full_ms - overhead, 1e-6) / max(sum(compute), 1e-6)
         for i, cut in enumerate(boundaries):
             head_ms[cut.id] = scale * sum(compute[: i + 1]) + overhead
@@ -180,7 +197,7 @@ def measure(
         tail_ms=tail_ms,
         full_ms=full_ms,
         estimated=False,
-        method=f"onnxruntime {opts.mode}, {opts.threads} thread(s), median of {opts.repeats} after {opts.warmup} warm-up",
+        method=f"onnxruntime {opts.mode}, {opts.threads} thread(s), median of {opts.repeats} rounds after {opts.warmup} warm-up",
         details={
             "threads": opts.threads,
             "call_overhead_ms": overhead,
@@ -213,8 +230,6 @@ def probe(
 ) -> list[dict[str, np.ndarray]]:
     """The values of ``tensors`` for each input feed, from one ONNX Runtime session over the whole model."""
     import onnx
-
-    from splitpipe.devices.runtimes.ort import OrtRunner
 
     inner = [t for t in dict.fromkeys(tensors) if t not in graph.inputs]
     model = onnx.ModelProto()

@@ -1,20 +1,26 @@
-"""The agent: capture, head, encode on a worker thread; stream, match replies, record on an event loop.
+"""The agent: capture, head, encode; stream, match replies, record.
 
 Pipeline (docs/agent.md)::
 
-    worker thread:  [capture -> head (ONNX Runtime) -> encode]  frame n+1
-    event loop:                       send frame n  ->  ... reply n -> record, callback
+    head worker:   [capture -> head (ONNX Runtime) -> encode]  frame n+1
+    event loop:                        send frame n  ->  ... reply n -> record, callback
 
-The worker takes a credit before capturing a frame (``window + 1`` credits: the window of frames
-sent and unanswered, plus the one being prepared) and the loop returns it when the frame's
-result is in, so the head of the next frame overlaps the transfer and tail of the earlier ones
-and nothing queues without bound. ONNX Runtime releases the GIL while the head runs, so the
-stream keeps flowing meanwhile.
+The head runs on a worker thread, so that the event loop keeps sending and receiving (and
+timestamps replies as they arrive) while it runs; ONNX Runtime releases the GIL meanwhile. The
+worker takes a credit before capturing (``window + 1`` credits: the window of frames sent and
+unanswered, plus the one being prepared) and the loop returns it with the frame's result, so
+the head of the next frame overlaps the transfer and tail of the earlier ones and nothing queues
+without bound.
+
+A head that takes well under a millisecond (a trivial or offload head) gains nothing from a
+thread, whose hand-offs then cost more CPU than the head: with ``head_thread=None`` (auto) such
+heads run on the event loop between sends, which still overlaps them with frames in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import signal
@@ -30,11 +36,14 @@ from splitpipe.edge.client import Pending, StreamClient
 from splitpipe.edge.manifest import EdgeExport, load_export
 from splitpipe.edge.options import AgentOptions
 from splitpipe.edge.report import EnergyShares, FrameRecord, IntervalLog, Report
-from splitpipe.edge.sources import Feed, Source, open_source
+from splitpipe.edge.sources import Feed, Source, SyntheticSource, open_source
 from splitpipe.edge.wire import ReplyReader, RequestBuilder, kserve_datatype
 from splitpipe.errors import SplitpipeError
 
 _LOGGER = logging.getLogger(__name__)
+
+#: with head_thread=None, heads (plus encode) faster than this run on the event loop
+INLINE_HEAD_MS = 0.5
 
 
 @dataclass(frozen=True)
@@ -62,18 +71,18 @@ class Pacer:
         self.period = 1.0 / fps if fps else 0.0
         self._due: float | None = None
 
-    def wait(self, stop: threading.Event) -> bool:
-        """Sleep until the next frame is due; False if ``stop`` was set meanwhile."""
+    def delay(self) -> float:
+        """Seconds to wait before the next frame; call :meth:`started` when it starts."""
         if not self.period:
-            return not stop.is_set()
+            return 0.0
         now = time.perf_counter()
         if self._due is None or self._due < now - self.period:
             self._due = now
-        delay = self._due - now
-        if delay > 0 and stop.wait(delay):
-            return False
-        self._due += self.period
-        return not stop.is_set()
+        return max(self._due - now, 0.0)
+
+    def started(self) -> None:
+        if self.period and self._due is not None:
+            self._due += self.period
 
 
 class Agent:
@@ -102,15 +111,21 @@ class Agent:
         self.source = source or open_source(options.source, self.export.inputs, self.export.preprocess)
         self.builder = None if self.export.local else RequestBuilder(self.export)
         self.reader = ReplyReader(self.export.outputs)
-        self.records: list[FrameRecord] = []
+        #: the latest frames (all of them up to ``max_report_frames``)
+        self.records: collections.deque[FrameRecord] = collections.deque(maxlen=options.max_report_frames)
+        self.head_thread: bool | None = options.head_thread
+        self._captured = 0
+        self._completed = 0
+        self._failed = 0
         self._stop = threading.Event()
         self._abort = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._abort_async: asyncio.Event | None = None
         self._stop_async: asyncio.Event | None = None
         self._credits = threading.Semaphore(options.client.window + 1)
+        self._ready: collections.deque[_Prepared | None] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._log = IntervalLog(options.log_interval_s)
-        self._failures = 0
         self._client: StreamClient | None = None
         self._worker_error: BaseException | None = None
 
@@ -166,8 +181,6 @@ class Agent:
         runner = create_runner(
             opts.runtime, self.export.head_path, threads=opts.threads, providers=list(opts.providers)
         )
-        queue: asyncio.Queue[_Prepared | None] = asyncio.Queue()
-        started = time.perf_counter()
         with runner, self.source:
             self._warm_up(runner)
             if not self.export.local:
@@ -182,18 +195,25 @@ class Agent:
                 await self._client.start(abort=self._stop_async)
             energy.start()
             started = time.perf_counter()
-            worker = threading.Thread(
-                target=self._work, args=(runner, queue, energy), name="splitpipe-head", daemon=True
-            )
+            worker = None
+            if self.head_thread:
+                worker = threading.Thread(
+                    target=self._work, args=(runner, energy), name="splitpipe-head", daemon=True
+                )
+                worker.start()
+                sender = asyncio.create_task(self._send_prepared())
+            else:
+                sender = asyncio.create_task(self._produce_inline(runner, energy))
             logger = asyncio.create_task(self._log_lines()) if opts.log_interval_s > 0 else None
-            worker.start()
-            sender = asyncio.create_task(self._send_all(queue))
             try:
                 await self._drive(sender)
             finally:
                 self._stop.set()
                 sender.cancel()
-                await asyncio.get_running_loop().run_in_executor(None, worker.join)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
+                if worker is not None:
+                    await asyncio.get_running_loop().run_in_executor(None, worker.join)
                 if self._client is not None:
                     await self._client.close()
                 if logger is not None:
@@ -203,17 +223,17 @@ class Agent:
             raise self._worker_error
         ended = time.perf_counter()
         client = self._client
-        lost = sum(1 for r in self.records if r.done is None)
         counts = {
-            "captured": len(self.records),
-            "completed": sum(1 for r in self.records if r.done is not None and r.error is None),
-            "failed": sum(1 for r in self.records if r.error is not None and r.done is not None),
-            "lost": lost,
+            "captured": self._captured,
+            "completed": self._completed,
+            "failed": self._failed,
+            "lost": self._captured - self._completed - self._failed,
             "resent": client.resent if client else 0,
             "reconnects": client.reconnects if client else 0,
             "duplicate_replies": client.duplicates if client else 0,
+            "frames_in_report": len(self.records),
         }
-        report = Report(self.records, self._info(), counts, energy.to_json(), started, ended)
+        report = Report(list(self.records), self._info(), counts, energy.to_json(), started, ended)
         if opts.report is not None:
             report.write(opts.report)
         return report
@@ -233,75 +253,148 @@ class Agent:
             "window": o.client.window,
             "fps_limit": o.fps,
             "threads": o.threads,
-            "clock": "all durations measured on the device's clock, except 'server' (the server's, from its replies)",
+            "head_thread": self.head_thread,
+            "clock": "durations measured on the device's clock, except 'server' (the server's, from its replies)",
         }
 
     def _warm_up(self, runner: Any) -> None:
-        """Check the head once on a frame the source does not count (fail before streaming)."""
-        from splitpipe.edge.sources import SyntheticSource
-
+        """Run the head on frames the source does not count: checks its outputs against the
+        manifest before streaming, and times it to choose where it runs (``head_thread``)."""
         feed = SyntheticSource(self.export.inputs, seed=1 << 30).frame(0)
         outputs = runner.infer(feed)
         if self.builder is not None:
             self.builder.check(outputs)
-            self.builder.build("warm-up", outputs)
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            outputs = runner.infer(feed, check=False)
+            if self.builder is not None:
+                self.builder.build("warm-up", outputs)
+            best = min(best, (time.perf_counter() - start) * 1e3)
+        if self.head_thread is None:
+            self.head_thread = best >= INLINE_HEAD_MS
+            _LOGGER.info(
+                "head%s takes %.3f ms: running it %s",
+                "" if self.builder is None else " + encode",
+                best,
+                "on a worker thread"
+                if self.head_thread
+                else "on the event loop (a thread would cost more than it overlaps)",
+            )
 
-    # -- worker thread ----------------------------------------------------------------------------
-    def _work(self, runner: Any, queue: asyncio.Queue[_Prepared | None], energy: EnergyShares) -> None:
+    # -- one frame: capture, head, encode (worker thread, or the loop for fast heads) ----------------
+    def _step(self, runner: Any, energy: EnergyShares) -> _Prepared | None:
+        index = self._captured
+        t0 = time.perf_counter()
+        feed = self.source.read()
+        if feed is None:
+            _LOGGER.info("source %s ended after %d frames", self.options.source.describe(), index)
+            return None
+        t1 = time.perf_counter()
+        outputs = runner.infer(feed, check=False)  # _warm_up checked the head once
+        t2 = time.perf_counter()
+        builder = self.builder
+        record = FrameRecord(index, "local" if builder is None else "remote", t0)
+        record.capture_ms = (t1 - t0) * 1e3
+        record.head_ms = (t2 - t1) * 1e3
+        if builder is None:
+            prepared = _Prepared(record, feed, None, outputs)
+        else:
+            encoded = builder.build(str(index), outputs)
+            record.encode_ms = encoded.encode_ms
+            record.tx_bytes = len(encoded.data)
+            record.payload_bytes = encoded.payload_bytes
+            prepared = _Prepared(record, feed, encoded.data, None)
+        energy.frame_done(record, time.perf_counter())
+        self.records.append(record)
+        self._captured = index + 1
+        return prepared
+
+    def _more(self) -> bool:
+        limit = self.options.frames
+        return not self._stop.is_set() and (limit is None or self._captured < limit)
+
+    def _work(self, runner: Any, energy: EnergyShares) -> None:
+        """The head worker thread: prepare frames while credits last, hand them to the loop."""
         loop = self._loop
         assert loop is not None
-        post = queue.put_nowait
         pacer = Pacer(self.options.fps)
-        limit = self.options.frames
-        builder = self.builder
         stop = self._stop
-        index = 0
         try:
-            while not stop.is_set() and (limit is None or index < limit):
+            while self._more():
                 while not self._credits.acquire(timeout=0.1):
                     if stop.is_set():
-                        break
-                if stop.is_set() or not pacer.wait(stop):
-                    break
-                t0 = time.perf_counter()
-                feed = self.source.read()
-                if feed is None:
-                    _LOGGER.info("source %s ended after %d frames", self.options.source.describe(), index)
-                    break
-                t1 = time.perf_counter()
-                outputs = runner.infer(feed, check=False)
-                t2 = time.perf_counter()
-                record = FrameRecord(index, "local" if builder is None else "remote", t0)
-                record.capture_ms = (t1 - t0) * 1e3
-                record.head_ms = (t2 - t1) * 1e3
-                if builder is None:
-                    prepared = _Prepared(record, feed, None, outputs)
-                else:
-                    encoded = builder.build(str(index), outputs)
-                    record.encode_ms = encoded.encode_ms
-                    record.tx_bytes = len(encoded.data)
-                    record.payload_bytes = encoded.payload_bytes
-                    prepared = _Prepared(record, feed, encoded.data, None)
-                energy.frame_done(record, time.perf_counter())
-                self.records.append(record)
-                loop.call_soon_threadsafe(post, prepared)
-                index += 1
+                        return
+                delay = pacer.delay()
+                if delay > 0 and stop.wait(delay):
+                    return
+                pacer.started()
+                prepared = self._step(runner, energy)
+                if prepared is None:
+                    return
+                self._hand_over(loop, prepared)
         except BaseException as exc:  # surfaced by run(); the loop must not wait for ever
             self._worker_error = exc
         finally:
-            loop.call_soon_threadsafe(post, None)
+            self._hand_over(loop, None)
 
-    # -- event loop -------------------------------------------------------------------------------
-    async def _send_all(self, queue: asyncio.Queue[_Prepared | None]) -> None:
+    def _hand_over(self, loop: asyncio.AbstractEventLoop, item: _Prepared | None) -> None:
+        # A deque, and a wake-up only when the loop waits for it: a busy loop picks frames up
+        # without a cross-thread call per frame.
+        self._ready.append(item)
+        if self._waiter is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _send_prepared(self) -> None:
+        """Hand the worker's frames to the client (or finish local ones) as they come."""
+        loop = asyncio.get_running_loop()
+        ready = self._ready
+        while True:
+            while not ready:
+                self._waiter = loop.create_future()
+                if ready:  # handed over between the check and the future
+                    break
+                await self._waiter
+            self._waiter = None
+            item = ready.popleft()
+            if item is None:
+                return
+            await self._dispatch(item)
+
+    async def _produce_inline(self, runner: Any, energy: EnergyShares) -> None:
+        """Fast heads: prepare each frame on the loop, between sends."""
+        pacer = Pacer(self.options.fps)
+        while self._more():
+            delay = pacer.delay()
+            if delay > 0:
+                assert self._stop_async is not None
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stop_async.wait(), delay)
+                if self._stop.is_set():
+                    return
+            pacer.started()
+            prepared = self._step(runner, energy)
+            if prepared is None:
+                return
+            await self._dispatch(prepared)
+            if self._client is None:
+                await asyncio.sleep(0)  # local frames: let signals and logging in
+
+    async def _dispatch(self, item: _Prepared) -> None:
         client = self._client
-        while (item := await queue.get()) is not None:
-            if client is None:
-                assert item.outputs is not None
-                self._complete(item.record, item.inputs, item.outputs, time.perf_counter())
-                continue
-            assert item.data is not None
-            await client.send(str(item.record.id), item.data, item)
+        if client is None:
+            assert item.outputs is not None
+            self._complete(item.record, item.inputs, item.outputs, time.perf_counter())
+            return
+        assert item.data is not None
+        await client.send(str(item.record.id), item.data, item)
 
+    # -- results (event loop) ---------------------------------------------------------------------
     def _on_reply(self, entry: Pending, message: Any, arrived: float) -> None:
         prepared: _Prepared = entry.context
         record = prepared.record
@@ -311,8 +404,7 @@ class Agent:
         record.server = reply.server
         if reply.error is not None:
             record.error = reply.error
-            self._failures += 1
-            if self._failures <= 5:
+            if self._failed < 5:
                 _LOGGER.warning("frame %d failed: %s", record.id, reply.error)
         self._complete(record, prepared.inputs, reply.outputs, arrived)
 
@@ -321,13 +413,18 @@ class Agent:
     ) -> None:
         record.done = now
         record.e2e_ms = (now - record.captured) * 1e3
-        self._credits.release()
+        if record.error is None:
+            self._completed += 1
+        else:
+            self._failed += 1
+        if self.head_thread:
+            self._credits.release()
         self._log.add(record)
         if self.on_result is not None and record.error is None:
             self.on_result(FrameResult(record, inputs, outputs))
 
     async def _drive(self, sender: asyncio.Task[None]) -> None:
-        """Until the worker is done (frames, source end) or a stop, then drain: every frame
+        """Until the frames are prepared (--frames, source end) or a stop, then drain: every frame
         captured gets its result unless ``drain_timeout_s`` passes or a second stop comes (those
         frames are reported lost)."""
         assert self._stop_async is not None and self._abort_async is not None
@@ -337,7 +434,6 @@ class Agent:
         finally:
             stop.cancel()
         deadline = time.perf_counter() + self.options.drain_timeout_s
-        client = self._client
         if not sender.done():
             # stopped: the worker finishes its frame; hand what it captured to the client
             abort = asyncio.ensure_future(self._abort_async.wait())
@@ -347,8 +443,9 @@ class Agent:
                 )
             finally:
                 abort.cancel()
-        if sender.done() and sender.exception() is not None:
+        if sender.done() and not sender.cancelled() and sender.exception() is not None:
             raise sender.exception()  # type: ignore[misc]
+        client = self._client
         if client is not None:
             if client.in_flight:
                 _LOGGER.info("draining %d frame(s) in flight", client.in_flight)

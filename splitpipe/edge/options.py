@@ -129,6 +129,10 @@ class AgentOptions:
     - ``device_profile``: profile whose power figures the energy estimate uses where no
       sensor exists (None: a generic guess); sensors are always preferred.
     - ``report``: write the agent report (JSON) here.
+    - ``max_report_frames``: frames the report keeps (the latest); counts stay exact, the
+      percentiles cover the frames kept. Bounds the memory of a daemon that runs for days.
+    - ``head_thread``: run capture, head and encode on a worker thread (True), on the event
+      loop (False), or choose by the head's time at warm-up (None: a thread from 0.5 ms).
     """
 
     export_dir: Path
@@ -144,6 +148,8 @@ class AgentOptions:
     drain_timeout_s: float = 30.0
     device_profile: str | None = None
     report: Path | None = None
+    max_report_frames: int = 100_000
+    head_thread: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "export_dir", Path(self.export_dir))
@@ -157,5 +163,7 @@ class AgentOptions:
             raise SplitpipeError(f"--fps must be a positive number, got {self.fps}")
         if self.threads is not None and self.threads < 1:
             raise SplitpipeError(f"--threads must be at least 1 (or unset), got {self.threads}")
+        if self.max_report_frames < 1:
+            raise SplitpipeError(f"max_report_frames must be at least 1, got {self.max_report_frames}")
         if self.log_interval_s < 0 or self.drain_timeout_s < 0:
             raise SplitpipeError("log interval and drain timeout must be >= 0 seconds")

@@ -20,6 +20,7 @@ from splitpipe.devices.runtimes import TensorSpec
 from splitpipe.edge.manifest import EdgeExport
 from splitpipe.errors import SplitpipeError
 from splitpipe.proto.inference import grpc_service_pb2 as pb
+from splitpipe.proto.params import set_parameters
 
 # KServe v2 datatype <-> numpy dtype (the server's table, repeated so the device needs no server code)
 DATATYPES: dict[str, np.dtype[Any]] = {
@@ -37,6 +38,8 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype(np.float64),
 }
 _KSERVE = {dtype: name for name, dtype in DATATYPES.items()}
+#: response parameters the server sets with its own stage durations (docs/server.md)
+STAGE_PARAMS = ("queue_us", "decode_us", "tail_us", "batch_size", "total_us")
 _RAW_INPUT_TAG = bytes(
     [(pb.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number << 3) | 2]
 )
@@ -56,17 +59,6 @@ def _varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
-
-
-def _set_param(param: pb.InferParameter, value: Any) -> None:
-    if isinstance(value, bool):
-        param.bool_param = value
-    elif isinstance(value, int):
-        param.int64_param = value
-    elif isinstance(value, float):
-        param.double_param = value
-    else:
-        param.string_param = str(value)
 
 
 @dataclass(frozen=True)
@@ -110,9 +102,7 @@ class RequestBuilder:
                 payloads.append(memoryview(array).cast("B") if array.size else b"")  # type: ignore[arg-type]
                 continue
             payload, meta = codec.encode(array)
-            params = tensor.parameters
-            for key, value in meta.to_params().items():
-                _set_param(params[key], value)
+            set_parameters(tensor.parameters, meta.to_params())
             payloads.append(payload)
         parts: list[Any] = [request.SerializeToString()]
         size = 0
@@ -142,15 +132,11 @@ class ReplyReader:
 
     def parse(self, message: pb.ModelStreamInferResponse) -> Reply:
         response = message.infer_response
-        server = {
-            key: value.int64_param
-            for key, value in response.parameters.items()
-            if value.WhichOneof("parameter_choice") == "int64_param"
-        }
+        params = response.parameters
+        # the server's stage durations, by name (cheaper than walking the map)
+        server = {key: params[key].int64_param for key in STAGE_PARAMS if key in params}
         if message.error_message:
-            code = (
-                response.parameters["error_code"].string_param if "error_code" in response.parameters else ""
-            )
+            code = params["error_code"].string_param if "error_code" in params else ""
             return Reply(
                 response.id,
                 server=server,
@@ -158,33 +144,30 @@ class ReplyReader:
             )
         reply = Reply(response.id, server=server)
         raws = response.raw_output_contents
-        if len(raws) != len(response.outputs):
-            reply.error = f"the reply has {len(raws)} raw outputs for {len(response.outputs)} output tensors"
+        tensors = response.outputs
+        if len(raws) != len(tensors):
+            reply.error = f"the reply has {len(raws)} raw outputs for {len(tensors)} output tensors"
             return reply
-        for tensor, raw in zip(response.outputs, raws, strict=True):
-            problem = self._check(tensor, len(raw))
+        for tensor, raw in zip(tensors, raws, strict=True):
+            shape = tuple(tensor.shape)
+            problem = self._check(tensor.name, tensor.datatype, shape, len(raw))
             if problem:
                 reply.error = problem
                 return reply
-            reply.outputs[tensor.name] = np.frombuffer(raw, DATATYPES[tensor.datatype]).reshape(
-                tuple(tensor.shape)
-            )
+            reply.outputs[tensor.name] = np.frombuffer(raw, DATATYPES[tensor.datatype]).reshape(shape)
         return reply
 
-    def _check(self, tensor: Any, nbytes: int) -> str | None:
-        spec = self.specs.get(tensor.name)
+    def _check(self, name: str, datatype: str, shape: tuple[int, ...], nbytes: int) -> str | None:
+        spec = self.specs.get(name)
         if spec is None:
-            return (
-                f"the reply has an output {tensor.name!r} the manifest does not list ({sorted(self.specs)})"
-            )
-        dtype = DATATYPES.get(tensor.datatype)
+            return f"the reply has an output {name!r} the manifest does not list ({sorted(self.specs)})"
+        dtype = DATATYPES.get(datatype)
         if dtype != spec.dtype:
-            return f"output {tensor.name!r} has datatype {tensor.datatype}, the manifest says {spec.dtype}"
-        shape = tuple(tensor.shape)
+            return f"output {name!r} has datatype {datatype}, the manifest says {spec.dtype}"
         if len(shape) != len(spec.shape) or any(
             d < 0 or (w is not None and d != w) for d, w in zip(shape, spec.shape, strict=True)
         ):
-            return f"output {tensor.name!r} has shape {list(shape)}, the manifest says {list(spec.shape)}"
+            return f"output {name!r} has shape {list(shape)}, the manifest says {list(spec.shape)}"
         if nbytes != math.prod(shape) * dtype.itemsize:
-            return f"output {tensor.name!r}: {nbytes} bytes for {tensor.datatype}{list(shape)}"
+            return f"output {name!r}: {nbytes} bytes for {datatype}{list(shape)}"
         return None

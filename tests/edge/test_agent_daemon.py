@@ -103,6 +103,7 @@ def test_server_killed_and_restarted_mid_stream_loses_no_frame(exports: Exports)
         frames=1200,
         client=ClientOptions(window=8, backoff_initial_s=0.05, backoff_max_s=0.5),
         log_interval_s=0,
+        head_thread=True,
     )
     thread, out = _agent_in_thread(options, results)
     try:

@@ -35,9 +35,9 @@ def _references(exports: Exports, export_dir: Path, frames: int) -> list[dict[st
     return [exports.reference(source.frame(i)) for i in range(min(source.pool_size, frames))]
 
 
-@pytest.mark.parametrize(("codec", "rtol"), [("raw", 1e-6), ("int8", 0.01)])
+@pytest.mark.parametrize(("codec", "rtol", "head_thread"), [("raw", 1e-6, True), ("int8", 0.01, False)])
 def test_1000_frames_none_lost_outputs_equal_the_whole_model(
-    exports: Exports, server: ServerThread, codec: str, rtol: float
+    exports: Exports, server: ServerThread, codec: str, rtol: float, head_thread: bool
 ) -> None:
     export_dir = getattr(exports, codec)
     results: dict[int, dict[str, np.ndarray]] = {}
@@ -48,6 +48,7 @@ def test_1000_frames_none_lost_outputs_equal_the_whole_model(
             frames=1000,
             client=ClientOptions(window=8),
             log_interval_s=0,
+            head_thread=head_thread,  # both ways of running the head
         ),
         _collect(results),
     )

@@ -1,0 +1,31 @@
+"""`splitpipe demo` end to end (plan, export, serve, stream) on the small test model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.edge.conftest import REPO, env
+
+
+def test_demo_runs_the_whole_flow_and_prints_measured_figures(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "splitpipe", "demo", "--model", "tests.fixtures.models:tiny_net",
+         "--input-shape", "1,3,32,32", "--frames", "40", "--out", str(tmp_path)],
+        capture_output=True, text=True, env=env(), cwd=REPO, timeout=240, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    for text in ("[5/5] streaming 40 frames", "split ", "local (all on device)", "offload (send input)",
+                 "not the planned 20 Mbit/s", "ESTIMATED", "whole demo"):  # fmt: skip
+        assert text in out, text
+    for key in ("split", "local", "offload"):
+        report = json.loads((tmp_path / f"report-{key}.json").read_text())
+        s = report["summary"]
+        assert (s["completed"], s["lost"], s["failed"]) == (40, 0, 0)
+        assert report["path"] == ("local" if key == "local" else "remote")
+    assert (tmp_path / "split" / "manifest.json").is_file() and not (
+        tmp_path / "local" / "tail.onnx"
+    ).exists()

@@ -1,0 +1,133 @@
+"""The agent's parts on their own: wire format, reply checks, options, pacing, energy shares."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from splitpipe.devices.meters import EstimatedMeter, NullMeter
+from splitpipe.edge import AgentOptions, Pacer, SourceSpec, load_export, parse_address, parse_source
+from splitpipe.edge.report import EnergyShares, FrameRecord
+from splitpipe.edge.wire import ReplyReader, RequestBuilder
+from splitpipe.errors import SplitpipeError
+from splitpipe.kernels import CodecMeta, decode
+from splitpipe.proto.inference import grpc_service_pb2 as pb
+from splitpipe.server import zerocopy
+from tests.edge.conftest import Exports
+
+
+@pytest.mark.parametrize("key", ["raw", "int8"])
+def test_request_bytes_are_a_valid_infer_request_with_one_copy_of_each_payload(
+    exports: Exports, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    export = load_export(getattr(exports, key))
+    cut = export.cut[0]
+    x = np.random.default_rng(0).standard_normal((1, 8, 16, 16)).astype(np.float32)
+    encoded = RequestBuilder(export).build("42", {cut.name: x})
+    request = pb.ModelInferRequest.FromString(encoded.data)
+    assert request.model_name == export.name and request.id == "42"
+    (tensor,) = request.inputs
+    assert (tensor.name, tensor.datatype, list(tensor.shape)) == (cut.name, "FP32", [1, 8, 16, 16])
+    (payload,) = request.raw_input_contents
+    assert encoded.payload_bytes == len(payload)
+    if key == "raw":  # plain: no codec parameters, the tensor's own bytes
+        assert not tensor.parameters and payload == x.tobytes()
+    else:
+        params = {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in tensor.parameters.items()}
+        meta = CodecMeta.from_params(params)
+        assert meta.codec == "int8" and len(payload) == x.size
+        np.testing.assert_allclose(decode(payload, meta), x, atol=float(meta.scale or 0))
+    # the server's zero-copy reader (for requests from 64 KiB; forced here) sees the same request
+    monkeypatch.setattr(zerocopy, "ZERO_COPY_FROM", 0)
+    parsed, raws = zerocopy.parse_infer_request(encoded.data)
+    assert parsed.id == "42" and parsed.inputs[0].name == cut.name and bytes(raws[0]) == payload
+    assert isinstance(raws[0], memoryview)
+
+
+def _reply(outputs: dict[str, tuple[str, list[int], bytes]], error: str = "") -> pb.ModelStreamInferResponse:
+    message = pb.ModelStreamInferResponse(error_message=error)
+    response = message.infer_response
+    response.id = "3"
+    for name, (datatype, shape, raw) in outputs.items():
+        response.outputs.add(name=name, datatype=datatype, shape=shape)
+        response.raw_output_contents.append(raw)
+    for key, value in {"queue_us": 5, "decode_us": 6, "tail_us": 70, "batch_size": 2, "total_us": 90}.items():
+        response.parameters[key].int64_param = value
+    return message
+
+
+def test_replies_are_checked_against_the_manifest(exports: Exports) -> None:
+    reader = ReplyReader(load_export(exports.raw).outputs)
+    (name,) = reader.specs
+    good = np.arange(10, dtype=np.float32).reshape(1, 10)
+    reply = reader.parse(_reply({name: ("FP32", [1, 10], good.tobytes())}))
+    assert reply.error is None and reply.server["tail_us"] == 70 and reply.server["batch_size"] == 2
+    np.testing.assert_array_equal(reply.outputs[name], good)
+    bad = {
+        "datatype": {name: ("FP16", [1, 10], good.astype(np.float16).tobytes())},
+        "shape": {name: ("FP32", [1, 11], np.zeros(11, np.float32).tobytes())},
+        "bytes": {name: ("FP32", [1, 10], good.tobytes()[:-4])},
+        "does not list": {"other": ("FP32", [1, 10], good.tobytes())},
+    }
+    for why, outputs in bad.items():
+        assert why in (reader.parse(_reply(outputs)).error or ""), why
+    failed = _reply({}, error="input 'x': payload does not decode")
+    failed.infer_response.parameters["error_code"].string_param = "INVALID_ARGUMENT"
+    assert reader.parse(failed).error == "INVALID_ARGUMENT: input 'x': payload does not decode"
+
+
+def test_options_and_sources_refuse_bad_values(tmp_path: Path) -> None:
+    assert parse_source("images /data") == SourceSpec("images", "/data")
+    assert parse_source(["camera", "1"]).target == "1"
+    assert parse_address("localhost:8001") == "localhost:8001"
+    assert parse_address("::1:8001") == "[::1]:8001"
+    assert parse_source("images my photos").target == "my photos"  # the rest of the string is the path
+    for bad in ("camera x", "camera -1", "synthetic extra", "video", "webcam", ["images", "a", "b"], []):
+        with pytest.raises(SplitpipeError):
+            parse_source(bad)
+    for bad in ("localhost", "host:0", "host:70000", ":80"):
+        with pytest.raises(SplitpipeError, match="HOST:PORT"):
+            parse_address(bad)
+    for kw in ({"fps": 0.0}, {"frames": -1}, {"threads": 0}, {"max_report_frames": 0}):
+        with pytest.raises(SplitpipeError):
+            AgentOptions(tmp_path, **kw)  # type: ignore[arg-type]
+
+
+def test_pacer_spaces_frames_and_does_not_burst_after_a_stall() -> None:
+    pacer = Pacer(200.0)
+    starts = []
+    for i in range(12):
+        time.sleep(pacer.delay())
+        pacer.started()
+        starts.append(time.perf_counter())
+        if i == 5:
+            time.sleep(0.05)  # a stall of 10 periods
+    gaps = np.diff(starts)
+    assert np.all(gaps[:5] >= 0.0045)
+    assert np.all(gaps[6:] >= 0.0045), gaps  # after the stall: the same spacing, no catch-up burst
+    assert Pacer(None).delay() == 0.0
+
+
+def test_energy_shares_add_up_and_keep_the_meter_label() -> None:
+    shares = EnergyShares(EstimatedMeter(rate_hz=50), interval_s=0.02)
+    shares.start()
+    records = []
+    for i in range(20):
+        r = FrameRecord(i, "remote", time.perf_counter())
+        r.head_ms = 1.0 + (i % 3)
+        time.sleep(0.003)
+        shares.frame_done(r, time.perf_counter())
+        records.append(r)
+    shares.stop()
+    total = shares.sample.joules * 1e3
+    assert all(r.energy_source == "estimated" for r in records)
+    assert sum(r.energy_mj or 0 for r in records) == pytest.approx(total, rel=1e-6)
+    assert shares.to_json()["energy_source"] == "estimated"
+    null = EnergyShares(NullMeter())
+    null.start()
+    null.frame_done(FrameRecord(0, "local", 0.0), time.perf_counter())
+    null.stop()
+    assert null.to_json()["energy_source"] == "estimated" and null.sample.joules == 0

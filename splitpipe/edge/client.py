@@ -121,6 +121,8 @@ class StreamClient:
         finally:
             for w in waits:
                 w.cancel()
+        if self._failure is not None:
+            raise self._failure
         return self._empty.is_set()
 
     def abandon(self) -> list[Pending]:
@@ -262,10 +264,12 @@ class StreamClient:
                     self.resent += 1
 
     def _fail(self, exc: BaseException) -> None:
-        """A reconnect that cannot succeed (the model is gone): unblock senders with the error."""
+        """A reconnect that cannot succeed (the model is gone): unblock senders and the drain;
+        both raise the error."""
         self._failure = exc
         for _ in range(self.options.window):
             self._window.release()
+        self._empty.set()
 
     async def _write(self, entry: Pending) -> bool:
         """Write ``entry`` to the current stream unless it was already written there."""

@@ -331,8 +331,10 @@ class Report:
             )
         if s["bound"]:
             b = s["bound"]
+            limit = self.info.get("fps_limit")
             out.append(
                 f"slowest stage: {b['stage']} ({b['fps']:.1f} fps); achieved {s['achieved_fraction']:.2f} of it"
+                + (f" (capture limited to {limit:g} fps by --fps)" if limit else "")
             )
         e = s["energy"]
         if e.get("joules") is not None:

@@ -77,6 +77,9 @@ class SyntheticSource(Source):
         self._pool: list[Feed] = []
         self._next = 0
 
+    def open(self) -> None:
+        self.frame(self.pool_size - 1)  # make the pool now, so that capturing costs nothing later
+
     def frame(self, index: int) -> Feed:
         """The feed of frame ``index`` (the same array objects each time it comes round)."""
         slot = index % self.pool_size
@@ -249,6 +252,9 @@ class VideoSource(Source):
             self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
             ok, frame = self._capture.read()
         if not ok:
+            if self.camera:
+                # a camera does not end: fail, so that a service manager restarts the agent
+                raise SplitpipeError(f"camera {self.target} stopped delivering frames")
             return None
         h, w = self.image.size
         frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)

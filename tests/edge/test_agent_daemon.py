@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from splitpipe.edge import (
     FrameResult,
     Report,
     SyntheticSource,
+    agent_thread,
     load_export,
     run_agent,
 )
@@ -227,3 +229,39 @@ def test_bad_input_gives_one_line_and_exit_2(
         assert code == 2, (args, line)
         assert line.startswith("splitpipe agent: error: ") and expected in line, (expected, line)
         assert "\n" not in line.strip()
+
+
+def test_frames_the_server_refuses_count_as_failed_and_the_stream_goes_on(exports: Exports) -> None:
+    from splitpipe.server import ServerOptions
+
+    # a server whose tensor limit is below the cut tensor (8 KiB): it answers every frame with an error
+    with ServerThread([exports.raw], ServerOptions(max_tensor_bytes=1024)) as refusing:
+        report = run_agent(
+            AgentOptions(exports.raw, server=f"127.0.0.1:{refusing.port}", frames=30, log_interval_s=0)
+        )
+    s = report.summary
+    assert (s["captured"], s["completed"], s["failed"], s["lost"]) == (30, 0, 30, 0)
+    assert all("INVALID_ARGUMENT" in (r.error or "") and "limit" in (r.error or "") for r in report.frames)
+    assert report.frames[0].to_json()["error"].startswith("INVALID_ARGUMENT: ")
+
+
+def test_frames_without_reply_at_shutdown_are_reported_lost(exports: Exports) -> None:
+    port = free_port()
+    serve = ServeProcess([exports.raw], port).start()
+    results: dict[int, Any] = {}
+    options = AgentOptions(
+        exports.raw,
+        server=f"127.0.0.1:{port}",
+        client=ClientOptions(window=8, backoff_initial_s=0.05, backoff_max_s=0.2),
+        drain_timeout_s=1.0,
+        log_interval_s=0,
+        head_thread=True,
+    )
+    with agent_thread(options, lambda r: results.setdefault(r.record.id, True)) as (_agent, out):
+        wait_for(lambda: len(results) >= 100, what="100 frames")
+        serve.kill()  # and never comes back: the agent keeps trying until it is stopped
+        time.sleep(0.5)
+    report = out[0]
+    s = report.summary
+    assert s["lost"] >= 1 and s["failed"] == 0
+    assert s["captured"] == s["completed"] + s["lost"] == len(results) + s["lost"]

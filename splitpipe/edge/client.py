@@ -231,9 +231,17 @@ class StreamClient:
 
     async def _supervise(self) -> None:
         """Read replies; on a broken stream reconnect, resend what is unanswered, read on."""
+        resend = False
         while True:
+            # the reader runs before the resends: with flow control on both directions, writing a
+            # full window without reading the replies could stall both ends
             reader = asyncio.create_task(self._read(self._call))
             broken = asyncio.create_task(self._broken.wait())
+            if resend:
+                for entry in list(self._pending.values()):
+                    sent_before = entry.sends > 0
+                    if await self._write(entry) and sent_before:
+                        self.resent += 1
             done, _ = await asyncio.wait({reader, broken}, return_when=asyncio.FIRST_COMPLETED)
             broken.cancel()
             error: BaseException | None = None
@@ -259,9 +267,7 @@ class StreamClient:
                 return
             self.reconnects += 1
             self._open_stream()
-            for entry in list(self._pending.values()):
-                if await self._write(entry):
-                    self.resent += 1
+            resend = True
 
     def _fail(self, exc: BaseException) -> None:
         """A reconnect that cannot succeed (the model is gone): unblock senders and the drain;

@@ -48,7 +48,13 @@ def add_cost_arguments(p: argparse.ArgumentParser) -> None:
         "--calibration-samples",
         type=int,
         default=2,
-        help="random inputs the codec is measured on (default 2)",
+        help="inputs the codec is measured on (default 2): random, or pictures with --calibration-images",
+    )
+    p.add_argument(
+        "--calibration-images",
+        metavar="DIR",
+        help="measure codecs on the pictures of DIR (the first --calibration-samples, preprocessed as "
+        "the agent's images source does) instead of random inputs; for image models",
     )
     p.add_argument(
         "--offload-codec",
@@ -113,6 +119,7 @@ def request_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         codec=args.codec or "raw",
         max_error=args.max_error,
         calibration_samples=args.calibration_samples,
+        calibration_images=args.calibration_images,
         offload_codec=args.offload_codec,
         device_from=args.device_from,
         server_from=args.server_from,

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from splitpipe.devices.profile import DeviceProfile, load_profile
 from splitpipe.errors import SplitpipeError, choices
 from splitpipe.partition.codecs import CutCodec, check_codec_name, codec_for_cut
@@ -54,6 +56,10 @@ class PlanRequest:
     max_error: float | None = None
     #: random inputs whose cut tensors the codec is measured (and, for auto, chosen) on
     calibration_samples: int = 2
+    #: a folder of pictures to use instead of random inputs (the first ``calibration_samples``
+    #: in name order, preprocessed as the agent's ``images`` source does): codec bytes and
+    #: errors, JPEG's above all, mean little on noise
+    calibration_images: str | None = None
     #: how the offload baseline sends the input: raw (as it is), or a codec such as jpeg for images
     offload_codec: str = "raw"
     #: plan JSONs measured on the device / on the server: their head / tail (and encode / decode)
@@ -243,12 +249,37 @@ def analyse(req: PlanRequest) -> Analysis:
     return Analysis(loaded, graph, cuts)
 
 
-def _codecs(req: PlanRequest, graph: Graph, cuts: list[Cut]) -> dict[int | str, CutCodec]:
-    """Encode every cut's real tensors, computed for a few random inputs, with the requested codec;
-    and the inputs themselves with the offload codec (key ``offload``)."""
-    feeds = [
-        random_feed((graph.info(t) for t in graph.inputs), seed=s) for s in range(req.calibration_samples)
-    ]
+def calibration_feeds(
+    req: PlanRequest, graph: Graph, preprocess: dict[str, Any] | None
+) -> list[dict[str, np.ndarray]]:
+    """The inputs codecs are measured on: ``calibration_samples`` random feeds, or as many
+    pictures of ``calibration_images`` (read and preprocessed by the agent's image source)."""
+    specs = [graph.info(t) for t in graph.inputs]
+    if req.calibration_images is None:
+        return [random_feed(specs, seed=s) for s in range(req.calibration_samples)]
+    from splitpipe.devices.runtimes import TensorSpec
+    from splitpipe.edge.sources import ImageSource
+
+    source = ImageSource(
+        Path(req.calibration_images), tuple(TensorSpec(i.name, i.dtype, i.shape) for i in specs), preprocess
+    )
+    feeds: list[dict[str, np.ndarray]] = []
+    with source:
+        while len(feeds) < req.calibration_samples and (feed := source.read()) is not None:
+            feeds.append(feed)
+    if len(feeds) < req.calibration_samples:
+        _LOGGER.info(
+            "%s holds %d picture(s); calibrating codecs on those", req.calibration_images, len(feeds)
+        )
+    return feeds
+
+
+def _codecs(
+    req: PlanRequest, graph: Graph, cuts: list[Cut], preprocess: dict[str, Any] | None = None
+) -> dict[int | str, CutCodec]:
+    """Encode every cut's real tensors, computed for a few calibration inputs, with the requested
+    codec; and the inputs themselves with the offload codec (key ``offload``)."""
+    feeds = calibration_feeds(req, graph, preprocess)
     values = probe(graph, [t for c in cuts for t in c.tensors], feeds)
     out: dict[int | str, CutCodec] = {
         c.id: codec_for_cut(req.codec, [[v[t] for t in c.tensors] for v in values], max_error=req.max_error)
@@ -328,7 +359,7 @@ def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Anal
     dev_t = dev_from.timings if dev_from else dev_t
     srv_t = srv_from.timings if srv_from else srv_t
 
-    codecs = _codecs(req, graph, cuts)
+    codecs = _codecs(req, graph, cuts, a.loaded.preprocess)
     # Codec times were measured here; codecs are memory-bound, so scale them by bandwidth.
     here = resolve_profile("local") if {req.device, req.server} != {"local"} else device
     enc_scale = 1.0 if req.device == "local" else here.mem_bandwidth_gbs / device.mem_bandwidth_gbs

@@ -104,3 +104,35 @@ def test_plan_json_names_each_candidates_codec(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "p.json").read_text())
     assert all("codec" in c and "codec_error" in c for c in data["candidates"])
     assert data["request"]["max_error"] == 0.05
+
+
+def _pictures(folder: Path, n: int) -> Path:
+    """Crops of scikit-learn's sample photographs, as the agent's images source reads them."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    folder.mkdir()
+    for i in range(n):
+        photo = load_sample_image(("china.jpg", "flower.jpg")[i % 2])
+        crop = photo[40 * i : 40 * i + 256, 60 * i : 60 * i + 256]
+        Image.fromarray(crop).resize((32, 32), Image.Resampling.BILINEAR).save(folder / f"{i}.png")
+    return folder
+
+
+def test_calibration_images_measure_codecs_on_pictures(tmp_path: Path) -> None:
+    from splitpipe.partition.plan import analyse, calibration_feeds
+
+    folder = _pictures(tmp_path / "pics", 3)
+    req = PlanRequest(**{**BASE, "calibration_images": str(folder), "calibration_samples": 2})  # type: ignore[arg-type]
+    a = analyse(req)
+    feeds = calibration_feeds(req, a.graph, a.loaded.preprocess)
+    # the first two pictures in name order, scaled to 0..1 (no preprocess entry for this model)
+    assert len(feeds) == 2 and all(f["x"].min() >= 0.0 and f["x"].max() <= 1.0 for f in feeds)
+    noise = plan_with("int8", offload_codec="jpeg")
+    photos = plan_with("int8", offload_codec="jpeg", calibration_images=str(folder))
+    assert photos.request.calibration_images == str(folder)
+    # JPEG compresses a photograph better than noise (at 32x32 its headers are most of the bytes)
+    assert photos.baselines["offload"].tx_bytes < noise.baselines["offload"].tx_bytes
+    assert photos.baselines["offload"].codec_error < noise.baselines["offload"].codec_error
+    with pytest.raises(SplitpipeError, match="images directory not found"):
+        plan_with("int8", calibration_images=str(tmp_path / "missing"))

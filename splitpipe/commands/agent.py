@@ -40,6 +40,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--window", type=int, default=4, metavar="W", help="frames sent and not yet answered (default 4)"
     )
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="capture the next frame only after the previous result (latency, not throughput)",
+    )
     parser.add_argument("--report", type=Path, metavar="FILE", help="write the agent report (JSON) here")
     parser.add_argument(
         "--threads",
@@ -108,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         drain_timeout_s=args.drain_timeout,
         device_profile=args.device_profile,
         report=args.report,
+        sequential=args.sequential,
     )
     agent = Agent(options)
     report = asyncio.run(agent.run(handle_signals=True))

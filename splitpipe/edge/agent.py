@@ -122,7 +122,8 @@ class Agent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._abort_async: asyncio.Event | None = None
         self._stop_async: asyncio.Event | None = None
-        self._credits = threading.Semaphore(options.client.window + 1)
+        # sequential: one credit, so that the next capture waits for the previous result
+        self._credits = threading.Semaphore(1 if options.sequential else options.client.window + 1)
         self._ready: collections.deque[_Prepared | None] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._log = IntervalLog(options.log_interval_s)
@@ -251,6 +252,7 @@ class Agent:
             "server": None if e.local else o.server,
             "source": o.source.describe(),
             "window": o.client.window,
+            "sequential": o.sequential,
             "fps_limit": o.fps,
             "threads": o.threads,
             "head_thread": self.head_thread,
@@ -384,6 +386,8 @@ class Agent:
             await self._dispatch(prepared)
             if self._client is None:
                 await asyncio.sleep(0)  # local frames: let signals and logging in
+            elif self.options.sequential:
+                await self._client.drain(None, self._abort_async)
 
     async def _dispatch(self, item: _Prepared) -> None:
         client = self._client

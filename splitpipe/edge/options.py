@@ -133,6 +133,10 @@ class AgentOptions:
       percentiles cover the frames kept. Bounds the memory of a daemon that runs for days.
     - ``head_thread``: run capture, head and encode on a worker thread (True), on the event
       loop (False), or choose by the head's time at warm-up (None: a thread from 0.5 ms).
+    - ``sequential``: capture the next frame only once the previous one's result is in, so that
+      each frame's ``e2e_ms`` is its latency alone (no overlap with, or wait behind, the frame
+      before it); for latency measurements. Otherwise the next frame's head overlaps the
+      frames in flight (the throughput setting).
     """
 
     export_dir: Path
@@ -150,6 +154,7 @@ class AgentOptions:
     report: Path | None = None
     max_report_frames: int = 100_000
     head_thread: bool | None = None
+    sequential: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "export_dir", Path(self.export_dir))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -178,3 +179,32 @@ def test_video_file_source(exports: Exports, tmp_path: Path) -> None:
     levels = [float(x.mean()) for x in inputs]
     assert levels == sorted(levels) and 0 <= levels[0] < 0.05 and 0.55 < levels[-1] <= 0.62
     assert inputs[0].shape == (1, 3, 32, 32) and inputs[0].dtype == np.float32
+
+
+@pytest.mark.parametrize("head_thread", [True, False])
+def test_sequential_captures_each_frame_after_the_previous_result(
+    exports: Exports, server: ServerThread, head_thread: bool
+) -> None:
+    def run(sequential: bool) -> list[tuple[float, float]]:
+        report = run_agent(
+            AgentOptions(
+                exports.int8,
+                server=f"127.0.0.1:{server.port}",
+                frames=30,
+                client=ClientOptions(window=1),
+                log_interval_s=0,
+                head_thread=head_thread,
+                sequential=sequential,
+            )
+        )
+        assert report.summary["completed"] == 30
+        assert report.info["sequential"] is sequential
+        spans = [(f.captured, f.done) for f in sorted(report.frames, key=lambda f: f.id)]
+        assert all(done is not None for _, done in spans)
+        return spans  # type: ignore[return-value]
+
+    spans = run(sequential=True)
+    assert all(nxt[0] >= prev[1] for prev, nxt in itertools.pairwise(spans))
+    # without it, window 1 still prepares the next frame while one is in flight
+    spans = run(sequential=False)
+    assert any(nxt[0] < prev[1] for prev, nxt in itertools.pairwise(spans))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +296,13 @@ class _FromPlan:
     timings: Timings
     #: per option id: (codec, encode ms on the device or decode ms on the server)
     codec_ms: dict[int | str, tuple[str, float]]
+    #: per option id, the codec stage of that plan (codec, bytes, error; times of that side),
+    #: when it was made with the same codec settings: nothing to measure again
+    codecs: dict[int | str, CutCodec] | None = None
+
+
+#: request fields that decide the codec stage's choices, bytes and errors (not its times)
+_CODEC_FIELDS = ("codec", "max_error", "calibration_samples", "calibration_images", "offload_codec")
 
 
 def _from_plan(path: str, side: str, req: PlanRequest, cuts: list[Cut]) -> _FromPlan:
@@ -328,7 +335,24 @@ def _from_plan(path: str, side: str, req: PlanRequest, cuts: list[Cut]) -> _From
         timings = Timings(
             {}, times, full, mine["estimated"], f"from {path}: {mine['method']}", mine["details"]
         )
-    return _FromPlan(timings, codec)
+    same = all(getattr(other.request, f) == getattr(req, f) for f in _CODEC_FIELDS)
+    codecs: dict[int | str, CutCodec] | None = None
+    if same:
+        codecs = {
+            o.id: CutCodec(o.codec, o.tx_bytes, o.encode_ms, o.decode_ms, o.codec_error)
+            for o in [*other.candidates, other.baselines["offload"]]
+        }
+    return _FromPlan(timings, codec, codecs)
+
+
+def _reused_codecs(dev: _FromPlan | None, srv: _FromPlan | None) -> dict[int | str, CutCodec] | None:
+    """The codec stage of the device's and the server's plans, where both were made with this
+    request's codec settings and chose alike: encode times from the device, decode from the server."""
+    if not (dev and srv and dev.codecs and srv.codecs) or dev.codecs.keys() != srv.codecs.keys():
+        return None
+    if any(dev.codecs[k].codec != srv.codecs[k].codec for k in dev.codecs):
+        return None
+    return {k: replace(c, decode_ms=srv.codecs[k].decode_ms) for k, c in dev.codecs.items()}
 
 
 def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Analysis | None = None) -> Plan:
@@ -359,7 +383,12 @@ def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Anal
     dev_t = dev_from.timings if dev_from else dev_t
     srv_t = srv_from.timings if srv_from else srv_t
 
-    codecs = _codecs(req, graph, cuts, a.loaded.preprocess)
+    # Bytes and errors do not depend on the machine: plans from the device and the server made
+    # with the same codec settings have them already (and the codec times of their sides).
+    reused = _reused_codecs(dev_from, srv_from)
+    if reused is not None:
+        _LOGGER.info("codec choices, bytes and errors taken from the device's and the server's plans")
+    codecs = reused if reused is not None else _codecs(req, graph, cuts, a.loaded.preprocess)
     # Codec times were measured here; codecs are memory-bound, so scale them by bandwidth.
     here = resolve_profile("local") if {req.device, req.server} != {"local"} else device
     enc_scale = 1.0 if req.device == "local" else here.mem_bandwidth_gbs / device.mem_bandwidth_gbs

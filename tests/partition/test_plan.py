@@ -219,6 +219,42 @@ def test_times_measured_elsewhere_replace_this_machines(tiny_plan: Plan, tmp_pat
         )
 
 
+def test_codec_stage_is_taken_from_device_and_server_plans_with_the_same_settings(
+    tiny_plan: Plan, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes and errors do not depend on the machine: combining plans re-measures no codec."""
+    import splitpipe.partition.plan as plan_module
+
+    codec = {"codec": "int8", "offload_codec": "int8"}
+    on_device = make_plan(PlanRequest(**{**TINY.to_json(), "input_shape": (1, 3, 32, 32), **codec}))
+    on_server = make_plan(PlanRequest(**{**TINY.to_json(), "input_shape": (1, 3, 32, 32), **codec}))
+    on_device.write(tmp_path / "device.json")
+    on_server.write(tmp_path / "server.json")
+    request = PlanRequest(
+        **{
+            **TINY.to_json(),
+            "input_shape": (1, 3, 32, 32),
+            **codec,
+            "device_from": str(tmp_path / "device.json"),
+            "server_from": str(tmp_path / "server.json"),
+            "link": "2mbit,30ms",
+        }
+    )
+
+    def no_measuring(*args: object) -> None:
+        raise AssertionError("the codec stage ran again")
+
+    monkeypatch.setattr(plan_module, "_codecs", no_measuring)
+    combined = make_plan(request)
+    for mine, dev, srv in zip(combined.options(), on_device.options(), on_server.options(), strict=True):
+        assert (mine.codec, mine.tx_bytes, mine.codec_error) == (dev.codec, dev.tx_bytes, dev.codec_error)
+        assert mine.encode_ms == dev.encode_ms and mine.decode_ms == srv.decode_ms
+    # other codec settings: measured again
+    monkeypatch.undo()
+    other = make_plan(PlanRequest(**{**request.to_json(), "input_shape": (1, 3, 32, 32), "codec": "raw"}))
+    assert other.candidates[0].codec == "raw"
+
+
 def test_offload_codec(tiny_plan: Plan) -> None:
     plan = make_plan(
         PlanRequest(

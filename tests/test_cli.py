@@ -60,6 +60,16 @@ def test_user_errors_are_one_line(args: list[str], fragments: list[str]) -> None
     assert_user_error(splitpipe(*args), *fragments)
 
 
+def test_export_takes_the_codec_of_the_plan(tmp_path: Path) -> None:
+    plan_json, out = tmp_path / "plan.json", tmp_path / "export"
+    proc = splitpipe("plan", *TINY, "--analytic", "--codec", "int8", "--json", str(plan_json))
+    assert proc.returncode == 0, proc.stderr
+    split = json.loads(plan_json.read_text())["candidates"][0]["id"]
+    proc = splitpipe("export", "--plan", str(plan_json), "--split", str(split), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "manifest.json").read_text())["codec"]["name"] == "int8"
+
+
 def test_corrupt_onnx_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x00\x01\x02 definitely not protobuf")

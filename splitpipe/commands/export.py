@@ -28,6 +28,8 @@ def register(sub: Any) -> None:
     )
     add_model_arguments(p)
     add_cost_arguments(p)
+    # no --codec: the plan's codec for this split (with --plan), else raw
+    p.set_defaults(codec=None)
     p.add_argument(
         "--split",
         required=True,

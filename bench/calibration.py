@@ -1,0 +1,131 @@
+"""How well a measured device profile predicts real models: the planner's analytic mode held
+against ONNX Runtime on the same machine.
+
+    .venv/bin/python bench/calibration.py [--models resnet50,mobilenet_v3_large,...] [--quick]
+
+1. Profile this machine with the micro-benchmarks (``splitpipe profile``; full mode unless
+   ``--quick``): per-operator-class throughput at a few sizes, and nothing about the models below.
+2. For each model, predict the whole model and every segment between consecutive cuts with the
+   planner's analytic model from that profile (``--profile analytic``), and measure the same
+   whole model and segments with ONNX Runtime (one thread, round-robin, median of 7 rounds).
+3. Report |predicted - measured| / measured: per model the whole-model error and the median
+   segment error, and over all segments of all models the median and p90.
+   Target (issue 6): median within 15 %.
+
+Also reports how far the uncalibrated profile (public-style peak x efficiency, no measurement)
+is off on the same segments. Writes bench/results/calibration-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MODELS = "resnet50,mobilenet_v3_large,efficientnet_b0,googlenet,densenet121,resnet18"
+
+
+def _err(pred: float, meas: float) -> float:
+    return abs(pred - meas) / meas
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=MODELS)
+    ap.add_argument(
+        "--quick", action="store_true", help="quick micro-benchmark profile instead of the full one"
+    )
+    args = ap.parse_args()
+
+    from splitpipe.devices.microbench import profile_this_machine
+    from splitpipe.partition.cuts import is_chain
+    from splitpipe.partition.flops import nodes_ms
+    from splitpipe.partition.plan import PlanRequest, analyse
+    from splitpipe.partition.profile import MeasureOptions, measure
+
+    load_before = os.getloadavg()
+    t = time.perf_counter()
+    profile = profile_this_machine(quick=args.quick, threads=1)
+    profile_s = time.perf_counter() - t
+    # the same machine described only by peak-style figures, as an uncalibrated profile would
+    uncalibrated = dataclasses.replace(profile, measured_gflops={}, measured_points={})
+    print(f"profiled this machine in {profile_s:.1f} s ({'quick' if args.quick else 'full'})")
+
+    rows: list[dict[str, Any]] = []
+    errors: dict[str, list[float]] = {"segment": [], "uncalibrated": [], "head": []}
+    run = profile.run_overhead_us * 1e-3
+    for name in args.models.split(","):
+        a = analyse(PlanRequest(model=f"torchvision:{name.strip()}"))
+        cuts = [c for c, ok in zip(a.cuts, is_chain(a.cuts), strict=True) if ok]
+        timings = measure(a.graph, cuts, MeasureOptions(threads=1, warmup=2, repeats=7))
+        seg_ms = timings.details["segment_ms"]
+        mine: dict[str, list[float]] = {"segment": [], "uncalibrated": [], "head": []}
+        prev, head_pred = 0, 0.0
+        for i, (end, meas) in enumerate(zip([*(c.head for c in cuts), a.graph.full], seg_ms, strict=True)):
+            mask = end & ~prev
+            prev = end
+            pred = nodes_ms(a.graph, mask, profile)
+            mine["segment"].append(_err(pred + run, meas))
+            mine["uncalibrated"].append(_err(nodes_ms(a.graph, mask, uncalibrated) + run, meas))
+            head_pred += pred
+            if i < len(cuts):
+                mine["head"].append(_err(head_pred + run, timings.head_ms[cuts[i].id]))
+        whole_pred = nodes_ms(a.graph, a.graph.full, profile) + run
+        row = {
+            "model": name,
+            "segments": len(seg_ms),
+            "whole_measured_ms": timings.full_ms,
+            "whole_predicted_ms": whole_pred,
+            "whole_error": _err(whole_pred, timings.full_ms),
+            **{f"{k}_error_median": statistics.median(v) for k, v in mine.items()},
+        }
+        rows.append(row)
+        for k, v in mine.items():
+            errors[k] += v
+        print(
+            f"{name:20s} whole {timings.full_ms:7.1f} ms measured, {whole_pred:7.1f} predicted "
+            f"({row['whole_error']:.0%}); {len(seg_ms)} segments: median error {row['segment_error_median']:.0%} "
+            f"(uncalibrated {row['uncalibrated_error_median']:.0%}); heads: median {row['head_error_median']:.0%}"
+        )
+
+    def pct(values: list[float], q: int) -> float:
+        return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
+
+    summary: dict[str, Any] = {"segments": len(errors["segment"])}
+    for k, v in errors.items():
+        summary[f"{k}_error_median"] = statistics.median(v)
+        summary[f"{k}_error_p90"] = pct(v, 90)
+    summary["whole_error_median"] = statistics.median(r["whole_error"] for r in rows)
+    print(
+        f"\nall {summary['segments']} segments: median error {summary['segment_error_median']:.0%}, "
+        f"p90 {summary['segment_error_p90']:.0%}; uncalibrated (peak x efficiency): median "
+        f"{summary['uncalibrated_error_median']:.0%}; heads: median {summary['head_error_median']:.0%}, "
+        f"p90 {summary['head_error_p90']:.0%}; whole models: median {summary['whole_error_median']:.0%}"
+    )
+    out = {
+        "profile_s": profile_s,
+        "quick": args.quick,
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "models": rows,
+        "summary": summary,
+    }
+    folder = ROOT / "bench" / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"calibration-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(out, indent=2))
+    print(f"load average before {load_before}, after {out['load_after']}; wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -72,6 +72,21 @@ def add_cost_arguments(p: argparse.ArgumentParser) -> None:
         help="take tail and decode times from a plan measured on the server",
     )
     p.add_argument(
+        "--overhead-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="per-frame cost outside the modelled stages (capture, messages, gRPC, hand-offs), added to "
+        "the latency of options that send (default 0; splitpipe bench sweep measures it)",
+    )
+    p.add_argument(
+        "--local-overhead-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="the same for local, where nothing is sent (default 0)",
+    )
+    p.add_argument(
         "--threads", type=int, default=1, help="ONNX Runtime intra-op threads when measuring (default 1)"
     )
     p.add_argument(
@@ -123,6 +138,8 @@ def request_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         offload_codec=args.offload_codec,
         device_from=args.device_from,
         server_from=args.server_from,
+        overhead_ms=args.overhead_ms,
+        local_overhead_ms=args.local_overhead_ms,
         objectives=objectives,
         max_cut_tensors=args.max_cut_tensors,
         threads=args.threads,

@@ -66,6 +66,12 @@ class PlanRequest:
     #: times replace this machine's (profile on the real hardware, plan anywhere)
     device_from: str | None = None
     server_from: str | None = None
+    #: per-frame cost outside the modelled stages (capturing the frame, building and parsing
+    #: messages, gRPC on both ends, hand-offs between threads), added to the e2e_ms of options
+    #: that send and, separately, of local; measured by ``splitpipe bench sweep`` with a trivial
+    #: export on the testbed
+    overhead_ms: float = 0.0
+    local_overhead_ms: float = 0.0
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     max_cut_tensors: int = 1
     threads: int = 1
@@ -116,6 +122,8 @@ class Option:
     reply_bytes: int
     #: relative L2 error the codec adds to the cut tensors (worst calibration sample)
     codec_error: float = 0.0
+    #: the request's per-frame overhead (``overhead_ms`` or ``local_overhead_ms``), in e2e_ms
+    overhead_ms: float = 0.0
     pareto: bool = False
     #: per figure: True where it is a prediction, False where it was measured
     estimated: dict[str, bool] = field(default_factory=dict)
@@ -228,6 +236,9 @@ def _validate(req: PlanRequest) -> None:
         raise SplitpipeError(f"--calibration-samples must be at least 1, got {req.calibration_samples}")
     if req.max_error is not None and not req.max_error >= 0:
         raise SplitpipeError(f"--max-error must be a non-negative number, got {req.max_error}")
+    for name, value in (("--overhead-ms", req.overhead_ms), ("--local-overhead-ms", req.local_overhead_ms)):
+        if not (value >= 0 and value < float("inf")):
+            raise SplitpipeError(f"{name} must be a non-negative number of milliseconds, got {value}")
     check_codec_name(req.codec)
     if req.offload_codec != "raw":
         check_codec_name(req.offload_codec)
@@ -409,6 +420,8 @@ def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Anal
         oid: int | str, label: str, tensors: list[str], stages: Stages, mem: int, flops: int, sent: bool
     ) -> Option:
         times = end_to_end(stages, link if sent else None)
+        overhead = req.overhead_ms if sent else req.local_overhead_ms
+        times["e2e_ms"] += overhead
         est = {
             "head_ms": dev_t.estimated,
             "tail_ms": srv_t.estimated,
@@ -419,6 +432,7 @@ def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Anal
             "e2e_ms": sent or dev_t.estimated,
             "device_energy_mj": True,
             "head_mem_bytes": True,
+            "overhead_ms": True,
         }
         return Option(
             id=oid,
@@ -439,6 +453,7 @@ def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Anal
             rtt_ms=times["rtt_ms"],
             reply_ms=times["reply_ms"],
             e2e_ms=times["e2e_ms"],
+            overhead_ms=overhead,
         )
 
     def sent_option(

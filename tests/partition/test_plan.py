@@ -255,6 +255,23 @@ def test_codec_stage_is_taken_from_device_and_server_plans_with_the_same_setting
     assert other.candidates[0].codec == "raw"
 
 
+def test_overhead_is_added_to_the_latency_and_reported() -> None:
+    base = {**TINY.to_json(), "input_shape": (1, 3, 32, 32), "device": "rpi4", "server": "gpu-server"}
+    base["profile_mode"] = "analytic"
+    plain = make_plan(PlanRequest(**base))
+    more = make_plan(PlanRequest(**{**base, "overhead_ms": 7.5, "local_overhead_ms": 2.0}))
+    for a, b in zip(plain.options(), more.options(), strict=True):
+        extra = 2.0 if a.id == "local" else 7.5
+        assert b.overhead_ms == extra and a.overhead_ms == 0.0
+        # (codec times are measured anew in each plan)
+        assert b.e2e_ms - b.encode_ms - b.decode_ms == pytest.approx(
+            a.e2e_ms - a.encode_ms - a.decode_ms + extra
+        )
+        assert (b.head_ms, b.tx_ms, b.tail_ms) == (a.head_ms, a.tx_ms, a.tail_ms)
+    with pytest.raises(SplitpipeError, match="--overhead-ms must be a non-negative number"):
+        make_plan(PlanRequest(**{**base, "overhead_ms": -1.0}))
+
+
 def test_offload_codec(tiny_plan: Plan) -> None:
     plan = make_plan(
         PlanRequest(

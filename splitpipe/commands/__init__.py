@@ -6,4 +6,4 @@ handler ``(args) -> int``. Modules import only the standard library at top level
 """
 
 #: modules in the order ``splitpipe --help`` lists them
-COMMANDS: list[str] = ["plan", "export", "devices", "serve", "profile", "testbed", "agent", "demo"]
+COMMANDS: list[str] = ["plan", "export", "devices", "serve", "profile", "testbed", "agent", "demo", "bench"]

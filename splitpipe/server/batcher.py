@@ -7,6 +7,13 @@ decode + tail + response building, and hands the results back to the loop in one
 loop keeps receiving meanwhile, and a thread that finishes a run finds the requests that came in
 during it already queued: that is why a timeout of 0 already batches under load, and why a busy
 server pays one thread hand-off per batch rather than per request.
+
+With no batch timeout, a tail whose runs take under :data:`INLINE_RUN_US` (a trivial tail, a
+tiny model) runs on the event loop instead, whenever no thread run is busy and nothing is
+queued: the hand-off to a thread and back would cost more CPU than the run itself. That is
+judged by the wall times of runs on the loop only (the first runs of a tail, and while it runs
+in threads one in :data:`_PROBE_EVERY` requests that find it idle), never by runs in threads,
+whose wall times include waiting for the GIL.
 """
 
 from __future__ import annotations
@@ -31,6 +38,16 @@ from splitpipe.server.request import InferError, Prepared, build_response
 _LOGGER = logging.getLogger(__name__)
 
 Result = Union[pb.ModelStreamInferResponse, InferError]  # noqa: UP007 (pb types are not subscriptable at runtime)
+#: what :meth:`Batcher.submit` gives: the result (run on the loop) or its future (queued)
+Outcome = Union[Result, "asyncio.Future[Result]"]
+
+#: runs (decode, tail, responses) shorter than this run on the event loop: a hand-off to a tail
+#: thread and back costs about 60 us of CPU per run on the development machine (thread wake-ups,
+#: the loop's self-pipe, the GIL), which such a run does not win back by overlapping (the same
+#: limit as the agent's for heads). Judged by the median of the latest few runs on the loop, so
+#: that a session's slow first run or a moment the process was not scheduled do not count.
+INLINE_RUN_US = 500
+_PROBE_EVERY = 64
 
 
 class Batcher:
@@ -47,6 +64,11 @@ class Batcher:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._busy = 0  # thread runs in progress (under _cond)
+        # the event loop's own: wall times of the latest runs on the loop (us), and the choice
+        self._inline_us: deque[float] = deque(maxlen=5)
+        self.inline = self.timeout_s == 0  # a batch timeout asks to wait for batches: threads
+        self._idle_submits = 0
 
     def start(self) -> None:
         """Start the tail threads; call from the event loop that will submit requests."""
@@ -78,15 +100,26 @@ class Batcher:
             self._queue.clear()
         _deliver(left, [gone] * len(left))
 
-    def submit(self, item: Prepared) -> asyncio.Future[Result]:
-        """Queue a checked request; the future resolves to its response or its InferError."""
+    def submit(self, item: Prepared) -> Outcome:
+        """Run a checked request now, on the loop (a fast tail with nothing else busy), or queue
+        it for a tail thread; gives its response or InferError, or a future of it."""
         assert self._loop is not None, "Batcher.start() first"
-        future: asyncio.Future[Result] = self._loop.create_future()
-        item.enqueued = time.perf_counter()
+        item.enqueued = start = time.perf_counter()
         with self._cond:
-            self._queue.append((item, future))
-            self._cond.notify()
-        return future
+            here = not self._queue and not self._busy and not self._stopping and self.timeout_s == 0
+            if here and not self.inline:
+                self._idle_submits += 1
+                here = self._idle_submits % _PROBE_EVERY == 0
+            if not here:
+                future: asyncio.Future[Result] = self._loop.create_future()
+                self._queue.append((item, future))
+                self._cond.notify()
+                return future
+        (result,) = self._run_batch([item])
+        recent = self._inline_us
+        recent.append((time.perf_counter() - start) * 1e6)
+        self.inline = len(recent) < 3 or sorted(recent)[len(recent) // 2] < INLINE_RUN_US
+        return result
 
     # -- forming batches (tail threads, under _cond) -----------------------------------------
     def _prefix(self) -> tuple[int, bool]:
@@ -111,6 +144,7 @@ class Batcher:
                 if self._stopping:
                     return None
                 if self.max_rows == 1:
+                    self._busy += 1
                     return [self._queue.popleft()]
                 if self.timeout_s > 0:
                     deadline = self._queue[0][0].enqueued + self.timeout_s
@@ -122,23 +156,29 @@ class Batcher:
                     if not self._queue or self._stopping:
                         continue  # another instance took them, or we are stopping
                 count = self._prefix()[0]
+                self._busy += 1
                 return [self._queue.popleft() for _ in range(count)]
 
     def _serve(self) -> None:
         loop = self._loop
         assert loop is not None
         while (batch := self._next_batch()) is not None:
-            try:
-                results = self._execute([b[0] for b in batch])
-            except Exception as exc:  # a bug in this module: fail the batch, keep serving
-                _LOGGER.exception("batch of %s failed", self.model.name)
-                results = [InferError(grpc.StatusCode.INTERNAL, f"internal error: {exc}")] * len(batch)
+            results = self._run_batch([b[0] for b in batch])
+            with self._cond:
+                self._busy -= 1
             try:
                 loop.call_soon_threadsafe(_deliver, batch, results)
             except RuntimeError:  # the loop is closed: nobody waits for these any more
                 return
 
-    # -- running a batch (tail thread) ------------------------------------------------------
+    # -- running a batch (tail thread, or the loop) -------------------------------------------
+    def _run_batch(self, items: list[Prepared]) -> list[Result]:
+        try:
+            return self._execute(items)
+        except Exception as exc:  # a bug in this module: fail the batch, keep serving
+            _LOGGER.exception("batch of %s failed", self.model.name)
+            return [InferError(grpc.StatusCode.INTERNAL, f"internal error: {exc}")] * len(items)
+
     def _execute(self, items: list[Prepared]) -> list[Result]:
         start = time.perf_counter()
         results: list[Result | None] = [None] * len(items)

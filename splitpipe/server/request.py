@@ -1,10 +1,12 @@
 """From a ModelInferRequest to checked tensors, and from tail outputs to a ModelInferResponse.
 
-:func:`prepare` runs on the event loop and looks only at the request's small fields and the
-payload lengths: names, datatypes, shapes, byte counts and codec meta are checked before any
-memory is allocated for a tensor. :meth:`Prepared.decode` runs later, in the tail's thread, and
-turns each payload into an array (``np.frombuffer`` on the received bytes for plain tensors,
-the codec's decoder for compressed ones).
+:func:`check` looks only at the request's small fields (names, datatypes, shapes, claimed
+sizes, codec meta, requested outputs) and gives a :class:`Checked`, which the server keeps for
+the next requests with the same small fields; :meth:`Checked.bind` checks one request's payload
+byte counts. All of that runs on the event loop before any memory is allocated for a tensor.
+:meth:`Prepared.decode` runs later, with the tail, and turns each payload into an array
+(``np.frombuffer`` on the received bytes for plain tensors, the codec's decoder for compressed
+ones).
 """
 
 from __future__ import annotations
@@ -52,59 +54,109 @@ def _shape_text(shape: Any) -> str:
     return "[" + ",".join("-1" if d is None else str(d) for d in shape) + "]"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Input:
-    """One checked input: where its bytes are and what they must decode to."""
+    """One checked input: what its bytes must be and decode to."""
 
+    name: str
     dtype: np.dtype[Any]
     shape: tuple[int, ...]
-    payload: Buffer | None  # raw_input_contents entry (plain tensor or codec payload)
+    nbytes: int  # of the decoded tensor
     meta: Any = None  # CodecMeta when the payload is compressed
-    contents: Any = None  # typed InferTensorContents field when no raw contents were sent
+    contents: str | None = None  # the typed InferTensorContents field, when no raw contents are sent
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A request's small fields checked against its model: everything but the id and the tensor
+    bytes. Requests whose small fields are byte for byte the same (every frame of one stream of
+    one shape and codec setting) share one, so the checks run once per such signature; only
+    the byte counts of each request's payloads are checked again (:meth:`bind`)."""
+
+    model: TailModel
+    inputs: tuple[_Input, ...]  # in the model's input order
+    positions: tuple[int, ...]  # where each input is in the request (payloads come in request order)
+    outputs: tuple[int, ...]
+    rows: int
+    key: tuple[tuple[int, ...], ...]  # non-batch dims of every input: requests batch if equal
+
+    def bind(self, request_id: str, payloads: Sequence[Any], arrived: float) -> Prepared:
+        """One request: its payloads (raw contents, or typed contents' values) in request order."""
+        count = len(self.inputs)
+        if len(payloads) != count:
+            raise invalid(
+                f"{len(payloads)} raw_input_contents for {count} inputs; send one per input, in input order"
+            )
+        ordered = [payloads[p] for p in self.positions]
+        for item, payload in zip(self.inputs, ordered, strict=True):
+            if item.meta is None:  # a plain tensor: its bytes or values must fill the shape exactly
+                size = len(payload) if item.contents is None else len(payload) * item.dtype.itemsize
+                if size != item.nbytes:
+                    raise invalid(_size_message(self.model, item, len(payload)))
+        return Prepared(self, request_id, ordered, arrived)
+
+
+def _size_message(model: TailModel, item: _Input, count: int) -> str:
+    datatype = model.input_datatypes[model.input_index[item.name]]
+    if item.contents is None:
+        return (
+            f"input {item.name!r}: {count} bytes of raw contents, but {datatype}{_shape_text(item.shape)} "
+            f"takes {item.nbytes} (no codec parameters, so the bytes must be the plain tensor)"
+        )
+    return (
+        f"input {item.name!r}: {count} values in contents.{item.contents}, "
+        f"shape {_shape_text(item.shape)} takes {item.nbytes // item.dtype.itemsize}"
+    )
 
 
 @dataclass(slots=True)
 class Prepared:
     """A request that passed every check that needs no decoding."""
 
-    model: TailModel
+    checked: Checked
     request_id: str
-    inputs: list[_Input]
-    outputs: list[int]
-    rows: int
-    key: tuple[tuple[int, ...], ...]  # non-batch dims of every input: requests batch if equal
+    payloads: list[Any]  # in the model's input order
     arrived: float  # perf_counter when the handler got the request
     enqueued: float = 0.0
     decode_us: int = 0
     arrays: list[np.ndarray] = field(default_factory=list)
 
+    @property
+    def rows(self) -> int:
+        return self.checked.rows
+
+    @property
+    def key(self) -> tuple[tuple[int, ...], ...]:
+        return self.checked.key
+
     def decode(self, max_bytes: int) -> None:
         """Fill :attr:`arrays`; raises InferError when a payload does not match its meta."""
         start = time.perf_counter()
-        self.arrays = [_decode_one(self.model, i, item, max_bytes) for i, item in enumerate(self.inputs)]
+        self.arrays = [
+            _decode_one(item, payload, max_bytes)
+            for item, payload in zip(self.checked.inputs, self.payloads, strict=True)
+        ]
         self.decode_us = int((time.perf_counter() - start) * 1e6)
 
 
-def _decode_one(model: TailModel, index: int, item: _Input, max_bytes: int) -> np.ndarray:
-    name = model.inputs[index].name
+def _decode_one(item: _Input, payload: Any, max_bytes: int) -> np.ndarray:
     if item.meta is None:
-        if item.payload is not None:
-            return np.frombuffer(item.payload, dtype=item.dtype).reshape(item.shape)
+        if item.contents is None:
+            return np.frombuffer(payload, dtype=item.dtype).reshape(item.shape)
         try:
-            return np.asarray(item.contents, dtype=item.dtype).reshape(item.shape)
+            return np.asarray(payload, dtype=item.dtype).reshape(item.shape)
         except (OverflowError, ValueError) as exc:
-            raise invalid(f"input {name!r}: contents do not fit {item.dtype}: {exc}") from None
+            raise invalid(f"input {item.name!r}: contents do not fit {item.dtype}: {exc}") from None
     from splitpipe.kernels import decode
 
-    assert item.payload is not None
     try:
-        array = decode(item.payload, item.meta, max_bytes=max_bytes)
+        array = decode(payload, item.meta, max_bytes=max_bytes)
     except CodecError as exc:
-        raise invalid(f"input {name!r}: payload does not decode as {item.meta.codec}: {exc}") from None
+        raise invalid(f"input {item.name!r}: payload does not decode as {item.meta.codec}: {exc}") from None
     if array.dtype != item.dtype or tuple(array.shape) != item.shape:
         # The codec's own checks should make this unreachable; never feed the tail a surprise.
         raise invalid(
-            f"input {name!r}: payload decodes to {array.dtype}{_shape_text(array.shape)}, "
+            f"input {item.name!r}: payload decodes to {array.dtype}{_shape_text(array.shape)}, "
             f"declared {item.dtype}{_shape_text(item.shape)}"
         )
     return array
@@ -130,18 +182,9 @@ def _codec_meta(name: str, params: Any) -> Any:
         raise invalid(f"input {name!r}: bad codec parameters: {exc}") from None
 
 
-def prepare(
-    request: pb.ModelInferRequest,
-    model: TailModel,
-    max_tensor_bytes: int,
-    arrived: float,
-    payloads: Sequence[Buffer] | None = None,
-) -> Prepared:
-    """Check ``request`` against ``model``; raises InferError naming the first problem.
-
-    ``payloads`` are the raw contents when they were split off the message without copying
-    (see :mod:`splitpipe.server.zerocopy`); None reads ``request.raw_input_contents``.
-    """
+def check(request: pb.ModelInferRequest, model: TailModel, max_tensor_bytes: int, raw: bool) -> Checked:
+    """Check the small fields of ``request`` against ``model``; raises InferError naming the
+    first problem. ``raw``: the tensors travel in raw contents (else in typed contents)."""
     version = request.model_version
     if version and version != MODEL_VERSION:
         raise InferError(
@@ -150,10 +193,8 @@ def prepare(
         )
     tensors = request.inputs
     count = len(tensors)
-    raw: Sequence[Buffer] = request.raw_input_contents if payloads is None else payloads
-    if raw and len(raw) != count:
-        raise invalid(f"{len(raw)} raw_input_contents for {count} inputs; send one per input, in input order")
     inputs: list[_Input | None] = [None] * len(model.inputs)
+    positions = [0] * len(model.inputs)
     for position, tensor in enumerate(tensors):
         index = model.input_index.get(tensor.name)
         if index is None or inputs[index] is not None or count != len(inputs):
@@ -161,7 +202,8 @@ def prepare(
                 f"model {model.name!r} takes inputs {[s.name for s in model.inputs]}, "
                 f"the request has {[t.name for t in tensors]}"
             )
-        inputs[index] = _check_input(model, index, tensor, raw[position] if raw else None, max_tensor_bytes)
+        inputs[index] = _check_input(model, index, tensor, raw, max_tensor_bytes)
+        positions[index] = position
     checked = cast("list[_Input]", inputs)
     if not checked:
         raise invalid(
@@ -186,12 +228,19 @@ def prepare(
             raise invalid(
                 f"model {model.name!r} has no output {exc.args[0]!r}; outputs: {[s.name for s in model.outputs]}"
             ) from None
-    return Prepared(model, request.id, checked, outputs, rows, key, arrived)
+    return Checked(model, tuple(checked), tuple(positions), tuple(outputs), rows, key)
 
 
-def _check_input(
-    model: TailModel, index: int, tensor: Any, payload: Buffer | None, max_tensor_bytes: int
-) -> _Input:
+def typed_contents(request: pb.ModelInferRequest, checked: Checked) -> list[Any]:
+    """The values of a request's typed contents, in request order (for :meth:`Checked.bind`)."""
+    fields = [""] * len(checked.inputs)
+    for item, position in zip(checked.inputs, checked.positions, strict=True):
+        assert item.contents is not None, "checked for typed contents"
+        fields[position] = item.contents
+    return [getattr(t.contents, f) for t, f in zip(request.inputs, fields, strict=True)]
+
+
+def _check_input(model: TailModel, index: int, tensor: Any, raw: bool, max_tensor_bytes: int) -> _Input:
     spec = model.inputs[index]
     name = spec.name
     want_type = model.input_datatypes[index]
@@ -205,8 +254,7 @@ def _check_input(
         raise invalid(
             f"input {name!r} has shape {_shape_text(shape)}, the model takes {_shape_text(spec.shape)}"
         )
-    itemsize = spec.dtype.itemsize
-    nbytes = math.prod(shape) * itemsize  # Python ints: no overflow for absurd claims
+    nbytes = math.prod(shape) * spec.dtype.itemsize  # Python ints: no overflow for absurd claims
     if nbytes > max_tensor_bytes:
         raise invalid(
             f"input {name!r} of shape {_shape_text(shape)} would take {nbytes} bytes, "
@@ -215,31 +263,20 @@ def _check_input(
     params = tensor.parameters
     meta = _codec_meta(name, params) if params else None
     if meta is not None:
-        if payload is None:
+        if not raw:
             raise invalid(f"input {name!r}: a compressed tensor must travel in raw_input_contents")
         if meta.dtype != spec.dtype.name or meta.shape != shape:
             raise invalid(
                 f"input {name!r}: codec meta says {meta.dtype}{_shape_text(meta.shape)}, "
                 f"the input declares {spec.dtype.name}{_shape_text(shape)}"
             )
-        return _Input(spec.dtype, shape, payload, meta=meta)
-    if payload is not None:
-        if len(payload) != nbytes:
-            raise invalid(
-                f"input {name!r}: {len(payload)} bytes of raw contents, but {want_type}{_shape_text(shape)} "
-                f"takes {nbytes} (no codec parameters, so the bytes must be the plain tensor)"
-            )
-        return _Input(spec.dtype, shape, payload)
+        return _Input(name, spec.dtype, shape, nbytes, meta=meta)
+    if raw:
+        return _Input(name, spec.dtype, shape, nbytes)
     field_name = CONTENTS_FIELD.get(want_type)
     if field_name is None:
         raise invalid(f"input {name!r}: {want_type} tensors must travel in raw_input_contents")
-    values = getattr(tensor.contents, field_name)
-    if len(values) != nbytes // itemsize:
-        raise invalid(
-            f"input {name!r}: {len(values)} values in contents.{field_name}, "
-            f"shape {_shape_text(shape)} takes {nbytes // itemsize}"
-        )
-    return _Input(spec.dtype, shape, None, contents=values)
+    return _Input(name, spec.dtype, shape, nbytes, contents=field_name)
 
 
 def build_response(
@@ -255,13 +292,13 @@ def build_response(
     """The response for rows ``start:stop`` of a batch's outputs, wrapped for a stream; a unary
     call returns its ``infer_response`` (built once, in place: wrapping later would copy the
     output bytes)."""
-    model = item.model
+    model = item.checked.model
     wrapper = pb.ModelStreamInferResponse()
     response = wrapper.infer_response
     response.model_name = model.name
     response.model_version = MODEL_VERSION
     response.id = item.request_id
-    for index in item.outputs:
+    for index in item.checked.outputs:
         array = outputs[index]
         if model.batchable:
             array = array[start:stop]
@@ -278,8 +315,10 @@ def build_response(
     return wrapper
 
 
-def set_total(response: pb.ModelInferResponse, arrived: float) -> None:
-    response.parameters["total_us"].int64_param = int((time.perf_counter() - arrived) * 1e6)
+def set_total(response: pb.ModelInferResponse, arrived: float) -> int:
+    total_us = int((time.perf_counter() - arrived) * 1e6)
+    response.parameters["total_us"].int64_param = total_us
+    return total_us
 
 
 def error_response(

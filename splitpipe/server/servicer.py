@@ -14,12 +14,20 @@ from google.protobuf.message import DecodeError
 
 from splitpipe import __version__
 from splitpipe.proto.inference import grpc_service_pb2 as pb
-from splitpipe.server.batcher import Batcher, Result
+from splitpipe.server.batcher import Batcher, Outcome
 from splitpipe.server.metrics import Metrics
 from splitpipe.server.models import MODEL_VERSION, PLATFORM, TailModel
 from splitpipe.server.options import ServerOptions
-from splitpipe.server.request import InferError, error_response, invalid, prepare, set_total
-from splitpipe.server.zerocopy import parse_infer_request
+from splitpipe.server.request import (
+    Checked,
+    InferError,
+    check,
+    error_response,
+    invalid,
+    set_total,
+    typed_contents,
+)
+from splitpipe.server.zerocopy import split_request
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -36,8 +44,10 @@ class ServerState:
     ready: bool = False
 
 
-# stands in for a request that could not be parsed (no model name, no id to echo)
-_UNPARSED = pb.ModelInferRequest()
+# Checked requests kept per server (by their small fields, see zerocopy); beyond this many the
+# oldest is forgotten, and larger small fields are not kept at all.
+_MAX_CHECKED = 256
+_MAX_CHECKED_BYTES = 4096
 
 
 class InferenceServicer:
@@ -56,6 +66,7 @@ class InferenceServicer:
         self.options = options
         self.metrics = metrics
         self.state = state
+        self._checked: dict[bytes, Checked] = {}
 
     # -- health and metadata ----------------------------------------------------------------
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
@@ -106,37 +117,51 @@ class InferenceServicer:
         return model
 
     # -- inference --------------------------------------------------------------------------
-    def _submit(
-        self, data: bytes, arrived: float
-    ) -> tuple[pb.ModelInferRequest, asyncio.Future[Result] | InferError]:
-        """Parse, check and queue one request; a bad one gets its InferError instead of a future."""
+    def _submit(self, data: bytes, arrived: float) -> tuple[str, str, Outcome]:
+        """Parse, check and queue one request: its model name and id (for an error response),
+        and its outcome (a bad request gets its InferError at once)."""
         try:
-            request, payloads = parse_infer_request(data)
+            rest, request_id, raws = split_request(data)
         except DecodeError as exc:
-            return _UNPARSED, invalid(f"the request is not a valid ModelInferRequest: {exc}")
+            return "", "", invalid(f"the request is not a valid ModelInferRequest: {exc}")
+        checked = self._checked.get(rest) if raws else None
+        if checked is not None:  # small fields seen before: only the payload sizes are new
+            try:
+                item = checked.bind(request_id, raws, arrived)
+            except InferError as exc:
+                return checked.model.name, request_id, exc
+            return checked.model.name, request_id, self.batchers[checked.model.name].submit(item)
+        try:
+            request = pb.ModelInferRequest.FromString(rest)
+        except DecodeError as exc:
+            return "", request_id, invalid(f"the request is not a valid ModelInferRequest: {exc}")
         try:
             model = self._model(request.model_name)
-            item = prepare(request, model, self.options.max_tensor_bytes, arrived, payloads)
+            checked = check(request, model, self.options.max_tensor_bytes, raw=bool(raws))
+            if raws and len(rest) <= _MAX_CHECKED_BYTES:
+                if len(self._checked) >= _MAX_CHECKED:
+                    del self._checked[next(iter(self._checked))]
+                self._checked[rest] = checked
+            item = checked.bind(request_id, raws or typed_contents(request, checked), arrived)
         except InferError as exc:
-            return request, exc
-        return request, self.batchers[model.name].submit(item)
+            return request.model_name, request_id, exc
+        return model.name, request_id, self.batchers[model.name].submit(item)
 
-    def _failed(self, request: pb.ModelInferRequest, exc: InferError) -> None:
-        model = request.model_name if request.model_name in self.models else None
-        self.metrics.request_failed(model, exc.code.name)
-        _LOGGER.debug("request %r for %r failed: %s", request.id, request.model_name, exc.message)
+    def _failed(self, model_name: str, request_id: str, exc: InferError) -> None:
+        self.metrics.request_failed(model_name if model_name in self.models else None, exc.code.name)
+        _LOGGER.debug("request %r for %r failed: %s", request_id, model_name, exc.message)
 
     async def ModelInfer(self, data: bytes, context: Any) -> pb.ModelInferResponse:
         arrived = time.perf_counter()
-        request, outcome = self._submit(data, arrived)
-        result = outcome if isinstance(outcome, InferError) else await outcome
+        model_name, request_id, result = self._submit(data, arrived)
+        if isinstance(result, asyncio.Future):
+            result = await result
         if isinstance(result, InferError):
-            self._failed(request, result)
+            self._failed(model_name, request_id, result)
             await context.abort(result.code, result.message)
             raise result  # not reached: abort raises
         response = result.infer_response
-        set_total(response, arrived)
-        self.metrics.request_done(response.model_name, response.parameters["total_us"].int64_param)
+        self.metrics.request_done(model_name, set_total(response, arrived))
         return response
 
     async def ModelStreamInfer(
@@ -145,7 +170,7 @@ class InferenceServicer:
         # A reader task keeps receiving while earlier requests run, so one stream can keep the
         # tail busy (and batches can form); responses leave in request order. The bounded queue
         # holds at most stream_window requests; beyond that gRPC flow control slows the sender.
-        pending: asyncio.Queue[tuple[pb.ModelInferRequest, Any, float] | None] = asyncio.Queue(
+        pending: asyncio.Queue[tuple[str, str, Outcome, float] | None] = asyncio.Queue(
             maxsize=self.options.stream_window
         )
 
@@ -163,15 +188,14 @@ class InferenceServicer:
         reader = asyncio.create_task(read())
         try:
             while (entry := await pending.get()) is not None:
-                request, outcome, arrived = entry
-                result = outcome if isinstance(outcome, InferError) else await outcome
+                model_name, request_id, result, arrived = entry
+                if isinstance(result, asyncio.Future):
+                    result = await result
                 if isinstance(result, InferError):
-                    self._failed(request, result)
-                    yield error_response(result.message, result.code, request.model_name, request.id)
+                    self._failed(model_name, request_id, result)
+                    yield error_response(result.message, result.code, model_name, request_id)
                     continue
-                response = result.infer_response
-                set_total(response, arrived)
-                self.metrics.request_done(response.model_name, response.parameters["total_us"].int64_param)
+                self.metrics.request_done(model_name, set_total(result.infer_response, arrived))
                 yield result
         finally:
             reader.cancel()
@@ -179,7 +203,7 @@ class InferenceServicer:
 
 def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     """Register the handlers like the generated ``add_..._to_server``, except that infer requests
-    arrive as bytes and are parsed by :func:`~splitpipe.server.zerocopy.parse_infer_request` in
+    arrive as bytes and are parsed by :func:`~splitpipe.server.zerocopy.split_request` in
     the handler: a malformed message then gets INVALID_ARGUMENT (in a stream, an error response
     and the stream goes on) instead of gRPC's UNKNOWN or an ended stream."""
 

@@ -1,10 +1,14 @@
-"""Parse a ModelInferRequest without copying its tensor bytes.
+"""Split a serialized ModelInferRequest into its small fields, its id and its tensor bytes.
 
 Parsing with protobuf copies every ``raw_input_contents`` entry into the message, and reading
 the field copies it again into a new ``bytes``; for a 1 MiB cut tensor that is two needless
-copies per request. Here the top level of the serialized request is walked once: each
-``raw_input_contents`` entry (field 7) becomes a memoryview into the received bytes, and only
-the rest (names, shapes, parameters: a few hundred bytes) goes through protobuf.
+copies per request. Here the top level of the serialized request is walked once (a handful of
+fields, whatever the tensor sizes): each ``raw_input_contents`` entry (field 7) becomes a
+memoryview into the received bytes, the ``id`` (field 3) is read on its own, and everything else
+(model name and version, inputs with names, datatypes, shapes and codec parameters, requested
+outputs: a few hundred bytes) is returned as one byte string. That string is the same for every
+frame of one model, shape and codec setting, so the server checks it once and keeps the result
+(:class:`~splitpipe.server.request.Checked`); protobuf parses it only when it is new.
 
 Only lengths read from the message are used to slice it, and every length is checked against
 the bytes actually received; nothing is allocated from a claimed size.
@@ -16,8 +20,11 @@ from google.protobuf.message import DecodeError
 
 from splitpipe.proto.inference import grpc_service_pb2 as pb
 
-RAW_INPUT_CONTENTS = pb.ModelInferRequest.DESCRIPTOR.fields_by_name["raw_input_contents"].number
+_FIELDS = pb.ModelInferRequest.DESCRIPTOR.fields_by_name
 _LENGTH_DELIMITED = 2
+# tags (field number and wire type) of the two fields split off; every other field is kept as is
+_RAW_TAG = (_FIELDS["raw_input_contents"].number << 3) | _LENGTH_DELIMITED
+_ID_TAG = (_FIELDS["id"].number << 3) | _LENGTH_DELIMITED
 
 
 def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
@@ -33,20 +40,15 @@ def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
-#: below this size protobuf's own parser is faster than walking the message in Python
-ZERO_COPY_FROM = 64 << 10
-
-
-def parse_infer_request(data: bytes) -> tuple[pb.ModelInferRequest, list[bytes] | list[memoryview]]:
-    """The request and its raw contents; for large messages the raw contents are views of
-    ``data`` and the returned request lacks them."""
-    if len(data) < ZERO_COPY_FROM:
-        request = pb.ModelInferRequest.FromString(data)
-        return request, list(request.raw_input_contents)
+def split_request(data: bytes) -> tuple[bytes, str, list[memoryview]]:
+    """``(rest, id, raw_input_contents)``: the serialized request without its id and raw
+    contents (a valid ModelInferRequest itself), the id (the last one, as protobuf reads it),
+    and views of the raw contents in order. Raises DecodeError on a malformed message."""
     view = memoryview(data)
     end = len(data)
     pos = 0
     raws: list[memoryview] = []
+    request_id = b""
     kept: list[tuple[int, int]] = []  # byte ranges of every other field, in order
     while pos < end:
         start = pos
@@ -55,16 +57,21 @@ def parse_infer_request(data: bytes) -> tuple[pb.ModelInferRequest, list[bytes] 
             pos += 1
         else:
             tag, pos = _varint(data, pos, end)
-        field, wire_type = tag >> 3, tag & 7
+        wire_type = tag & 7
         if wire_type == _LENGTH_DELIMITED:
             length, pos = _varint(data, pos, end)
-            if field == RAW_INPUT_CONTENTS:
-                if pos + length > end:
-                    raise DecodeError("raw_input_contents entry runs past the end of the message")
-                raws.append(view[pos : pos + length])
-                pos += length
+            stop = pos + length
+            if stop > end:
+                raise DecodeError("a field runs past the end of the message")
+            if tag == _RAW_TAG:
+                raws.append(view[pos:stop])
+                pos = stop
                 continue
-            pos += length
+            if tag == _ID_TAG:
+                request_id = data[pos:stop]
+                pos = stop
+                continue
+            pos = stop
         elif wire_type == 0:
             _, pos = _varint(data, pos, end)
         elif wire_type == 1:
@@ -74,12 +81,15 @@ def parse_infer_request(data: bytes) -> tuple[pb.ModelInferRequest, list[bytes] 
         else:
             raise DecodeError(f"unsupported wire type {wire_type}")
         if pos > end:
-            raise DecodeError("field runs past the end of the message")
+            raise DecodeError("a field runs past the end of the message")
         if kept and kept[-1][1] == start:
             kept[-1] = (kept[-1][0], pos)
         else:
             kept.append((start, pos))
-    # Usually one range: protobuf writes fields in number order and raw contents (7) come last.
-    rest = view[kept[0][0] : kept[0][1]] if len(kept) == 1 else b"".join(view[a:b] for a, b in kept)
-    request = pb.ModelInferRequest.FromString(rest)
-    return request, raws
+    # Usually one or two ranges: protobuf writes fields in number order, the id (3) between the
+    # model name (1) and the inputs (5), raw contents (7) last.
+    rest = data[kept[0][0] : kept[0][1]] if len(kept) == 1 else b"".join([data[a:b] for a, b in kept])
+    try:
+        return rest, request_id.decode(), raws
+    except UnicodeDecodeError:
+        raise DecodeError("the request id is not valid UTF-8") from None

@@ -21,7 +21,7 @@ from tests.edge.conftest import Exports
 
 @pytest.mark.parametrize("key", ["raw", "int8"])
 def test_request_bytes_are_a_valid_infer_request_with_one_copy_of_each_payload(
-    exports: Exports, key: str, monkeypatch: pytest.MonkeyPatch
+    exports: Exports, key: str
 ) -> None:
     export = load_export(getattr(exports, key))
     cut = export.cut[0]
@@ -40,11 +40,31 @@ def test_request_bytes_are_a_valid_infer_request_with_one_copy_of_each_payload(
         meta = CodecMeta.from_params(params)
         assert meta.codec == "int8" and len(payload) == x.size
         np.testing.assert_allclose(decode(payload, meta), x, atol=float(meta.scale or 0))
-    # the server's zero-copy reader (for requests from 64 KiB; forced here) sees the same request
-    monkeypatch.setattr(zerocopy, "ZERO_COPY_FROM", 0)
-    parsed, raws = zerocopy.parse_infer_request(encoded.data)
-    assert parsed.id == "42" and parsed.inputs[0].name == cut.name and bytes(raws[0]) == payload
+    # the server's zero-copy reader sees the same request
+    rest, request_id, raws = zerocopy.split_request(encoded.data)
+    parsed = pb.ModelInferRequest.FromString(rest)
+    assert request_id == "42" and parsed.inputs[0].name == cut.name and bytes(raws[0]) == payload
     assert isinstance(raws[0], memoryview)
+
+
+@pytest.mark.parametrize("key", ["raw", "int8"])
+def test_each_frame_gets_its_own_id_payload_and_codec_meta(exports: Exports, key: str) -> None:
+    # the request's small part is kept per shape and codec setting; frames must not share more
+    export = load_export(getattr(exports, key))
+    cut = export.cut[0]
+    builder = RequestBuilder(export)
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        x = (rng.standard_normal((1, 8, 16, 16)) * (i + 1)).astype(np.float32)
+        request = pb.ModelInferRequest.FromString(builder.build(f"f{i}", {cut.name: x}).data)
+        assert request.id == f"f{i}" and len(request.inputs) == 1 and len(request.raw_input_contents) == 1
+        (tensor,), (payload,) = request.inputs, request.raw_input_contents
+        if key == "raw":
+            assert payload == x.tobytes()
+            continue
+        params = {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in tensor.parameters.items()}
+        meta = CodecMeta.from_params(params)
+        np.testing.assert_allclose(decode(payload, meta), x, atol=float(meta.scale or 0))
 
 
 def _reply(outputs: dict[str, tuple[str, list[int], bytes]], error: str = "") -> pb.ModelStreamInferResponse:

@@ -94,3 +94,42 @@ def test_requests_batch_only_with_matching_shapes(batching: ServerThread) -> Non
         assert response.error_message == ""
         np.testing.assert_allclose(wire.outputs(response.infer_response)["y"], x.sum(axis=1))
         assert wire.stage_params(response.infer_response)["batch_size"] <= lengths.count(x.shape[1])
+
+
+def test_fast_tails_run_on_the_event_loop_slow_ones_in_threads(
+    exports: dict[str, Path], tmp_path: Path
+) -> None:
+    slow = tiny_tails.slow_chain(tmp_path / "slow")
+    x = np.random.default_rng(3).standard_normal((1, 4, 3, 3)).astype(np.float32)
+    h = np.random.default_rng(4).standard_normal((1, 1024)).astype(np.float32)
+    with (
+        ServerThread([exports["relu-mean"], slow], ServerOptions()) as running,
+        wire.channel(running.port) as chan,
+    ):
+        stub = wire.stub(chan)
+        # one by one, so that each request finds its tail idle; more than _PROBE_EVERY of the slow one
+        for i in range(80):
+            fast_reply = stub.ModelInfer(wire.make_request("relu-mean", {"x": x}), timeout=30)
+            if i < 10:
+                slow_reply = stub.ModelInfer(wire.make_request("slow-chain", {"x": h}), timeout=30)
+        for _ in range(70):
+            slow_reply = stub.ModelInfer(wire.make_request("slow-chain", {"x": h}), timeout=30)
+        batchers = running.server._batchers  # type: ignore[union-attr]
+        assert batchers["relu-mean"].inline, "a tail of microseconds runs on the loop"
+        assert not batchers["slow-chain"].inline, "a tail of milliseconds runs in a thread"
+    np.testing.assert_allclose(
+        wire.outputs(fast_reply)["mean"],
+        tiny_tails.run_tail(exports["relu-mean"], {"x": x})["mean"],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        wire.outputs(slow_reply)["y"], tiny_tails.run_tail(slow, {"x": h})["y"], rtol=1e-4
+    )
+
+
+def test_a_batch_timeout_keeps_even_fast_tails_in_threads(batching: ServerThread) -> None:
+    stub_requests = [wire.make_request("gemm", {"x": np.ones((1, 16), np.float32)}) for _ in range(3)]
+    with wire.channel(batching.port) as chan:
+        for request in stub_requests:
+            wire.stub(chan).ModelInfer(request, timeout=30)
+    assert not batching.server._batchers["gemm"].inline  # type: ignore[union-attr]

@@ -238,14 +238,12 @@ def test_large_tensor_beyond_grpc_default_limit(tmp_path: Path) -> None:
 
 
 def test_malformed_messages_get_invalid_argument_and_the_stream_goes_on(server: ServerThread) -> None:
-    from splitpipe.server.zerocopy import ZERO_COPY_FROM
-
     good = wire.make_request(
         "gemm", {"x": np.ones((1, 16), np.float32)}, request_id="good"
     ).SerializeToString()
     garbage = [
         b"\xff\xff\xff",
-        b"\x3a\xff\xff\xff\xff\x0f" + b"\0" * ZERO_COPY_FROM,
+        b"\x3a\xff\xff\xff\xff\x0f" + b"\0" * (64 << 10),
     ]  # small; large, lying length
     with wire.channel(server.port) as chan:
         unary = chan.unary_unary("/inference.GRPCInferenceService/ModelInfer")
@@ -262,3 +260,31 @@ def test_malformed_messages_get_invalid_argument_and_the_stream_goes_on(server: 
     assert [bool(r.error_message) for r in responses] == [False, True, False, True, False]
     assert all(r.infer_response.id == "good" for r in responses[::2])
     assert "not a valid ModelInferRequest" in responses[1].error_message
+
+
+def test_checks_are_kept_per_signature_but_each_payload_is_still_checked(
+    server: ServerThread, stub: Any
+) -> None:
+    good = wire.make_request("relu-mean", {"x": _x(5)}, request_id="good")
+    short = pb.ModelInferRequest()
+    short.CopyFrom(good)
+    short.id = "short"
+    short.raw_input_contents[0] = good.raw_input_contents[0][:-4]  # same small fields, 4 bytes short
+    compressed = wire.make_request("relu-mean", {"x": _x(5)}, codec="int8", request_id="int8")
+    responses = list(stub.ModelStreamInfer(iter([good, short, compressed, good, short]), timeout=30))
+    assert [r.infer_response.id for r in responses] == ["good", "short", "int8", "good", "short"]
+    assert [bool(r.error_message) for r in responses] == [False, True, False, False, True]
+    assert "140 bytes of raw contents" in responses[1].error_message
+    np.testing.assert_array_equal(
+        wire.outputs(responses[0].infer_response)["mean"], wire.outputs(responses[3].infer_response)["mean"]
+    )
+    # a stream of ever new small fields (here: request parameters) keeps a bounded number
+    requests = []
+    for i in range(300):
+        request = wire.make_request("gemm", {"x": np.ones((1, 16), np.float32)}, request_id=str(i))
+        request.parameters["sequence"].int64_param = i
+        requests.append(request)
+    responses = list(stub.ModelStreamInfer(iter(requests), timeout=60))
+    assert [r.infer_response.id for r in responses] == [str(i) for i in range(300)]
+    assert not any(r.error_message for r in responses)
+    assert len(server.server._servicer._checked) <= 256  # type: ignore[union-attr]

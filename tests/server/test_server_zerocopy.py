@@ -1,4 +1,4 @@
-"""The zero-copy request parser agrees with protobuf's on every message shape."""
+"""The request splitter agrees with protobuf's parser on every message shape, without copies."""
 
 from __future__ import annotations
 
@@ -7,7 +7,18 @@ import pytest
 from google.protobuf.message import DecodeError
 
 from splitpipe.proto.inference import grpc_service_pb2 as pb
-from splitpipe.server.zerocopy import ZERO_COPY_FROM, parse_infer_request
+from splitpipe.server.zerocopy import split_request
+
+LARGE = 64 << 10
+
+
+def _parse(data: bytes) -> tuple[pb.ModelInferRequest, list[memoryview]]:
+    """Put the split parts together again: the request as protobuf would read it, less its raw contents."""
+    rest, request_id, raws = split_request(data)
+    request = pb.ModelInferRequest.FromString(rest)
+    assert not request.id and not request.raw_input_contents, "split off"
+    request.id = request_id
+    return request, raws
 
 
 def _request(sizes: list[int], with_params: bool = True) -> pb.ModelInferRequest:
@@ -25,43 +36,56 @@ def _request(sizes: list[int], with_params: bool = True) -> pb.ModelInferRequest
     return request
 
 
-@pytest.mark.parametrize("sizes", [[10], [ZERO_COPY_FROM], [3 * ZERO_COPY_FROM, 0, 17], [200_000, 5_000_000]])
+@pytest.mark.parametrize("sizes", [[10], [LARGE], [3 * LARGE, 0, 17], [200_000, 5_000_000]])
 def test_matches_protobuf(sizes: list[int]) -> None:
     original = _request(sizes)
     data = original.SerializeToString()
-    request, raws = parse_infer_request(data)
+    request, raws = _parse(data)
     assert [bytes(r) for r in raws] == list(original.raw_input_contents)
+    assert all(isinstance(r, memoryview) and r.obj is data for r in raws), "views, not copies"
     stripped = pb.ModelInferRequest()
     stripped.CopyFrom(original)
-    if len(data) >= ZERO_COPY_FROM:
-        del stripped.raw_input_contents[:]
-        assert all(isinstance(r, memoryview) and r.obj is data for r in raws), "views, not copies"
+    del stripped.raw_input_contents[:]
     assert request == stripped
+
+
+def test_the_rest_is_the_same_for_frames_that_differ_in_id_and_bytes_only() -> None:
+    first, second = _request([100]), _request([100])
+    second.id = "frame-10"
+    second.raw_input_contents[0] = b"\1" * 100
+    assert split_request(first.SerializeToString())[0] == split_request(second.SerializeToString())[0]
+    second.inputs[0].parameters["codec_scale"].double_param = 0.5
+    assert split_request(first.SerializeToString())[0] != split_request(second.SerializeToString())[0]
+
+
+def test_an_id_that_is_not_utf8_is_refused() -> None:
+    with pytest.raises(DecodeError, match="UTF-8"):
+        split_request(b"\x0a\x01m\x1a\x02\xff\xfe")
 
 
 def test_raw_contents_interleaved_with_other_fields() -> None:
     # Field order is not guaranteed on the wire; protobuf merges repeated fields wherever they are.
-    first = _request([ZERO_COPY_FROM]).SerializeToString()
+    first = _request([LARGE]).SerializeToString()
     extra = pb.ModelInferRequest(id="late")
     extra.raw_input_contents.append(b"tail")
     extra.inputs.add(name="in1", datatype="UINT8", shape=[4])
     data = first + extra.SerializeToString()
-    request, raws = parse_infer_request(data)
+    request, raws = _parse(data)
     reference = pb.ModelInferRequest.FromString(data)
     assert [bytes(r) for r in raws] == list(reference.raw_input_contents)
     del reference.raw_input_contents[:]
     assert request == reference
 
 
-@pytest.mark.parametrize("cut", [1, 5, 100, ZERO_COPY_FROM + 3])
+@pytest.mark.parametrize("cut", [1, 5, 100, LARGE + 3])
 def test_truncated_messages_are_refused(cut: int) -> None:
-    data = _request([2 * ZERO_COPY_FROM]).SerializeToString()
+    data = _request([2 * LARGE]).SerializeToString()
     with pytest.raises(DecodeError):
-        parse_infer_request(data[:-cut])
+        split_request(data[:-cut])
 
 
 def test_claimed_length_beyond_the_message_is_refused() -> None:
-    # field 7, length-delimited, claiming 2**40 bytes, padded to take the zero-copy path
-    data = b"\x0a\x01m" + b"\x3a" + bytes([0x80, 0x80, 0x80, 0x80, 0x80, 0x20]) + b"\0" * ZERO_COPY_FROM
+    # field 7, length-delimited, claiming 2**40 bytes
+    data = b"\x0a\x01m" + b"\x3a" + bytes([0x80, 0x80, 0x80, 0x80, 0x80, 0x20]) + b"\0" * LARGE
     with pytest.raises(DecodeError, match="past the end"):
-        parse_infer_request(data)
+        split_request(data)

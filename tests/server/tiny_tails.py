@@ -178,3 +178,29 @@ def free_length(directory: Path, name: str = "free-length") -> Path:
         outputs=[_tensor_json("y", "float32", [None])],
         initializers=[axes],
     )
+
+
+def slow_chain(directory: Path, name: str = "slow-chain", layers: int = 8, width: int = 1024) -> Path:
+    """x float32 [N,width] -> y = ReduceSum of ``layers`` chained MatMuls [N]: a tail that takes
+    milliseconds per run, unlike the others here, which take microseconds."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    initializers = [
+        numpy_helper.from_array(weight, "W"),
+        numpy_helper.from_array(np.array([1], np.int64), "axes"),
+    ]
+    nodes, last = [], "x"
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [last, "W"], [f"h{i}"]))
+        last = f"h{i}"
+    nodes.append(helper.make_node("ReduceSum", [last, "axes"], ["y"], keepdims=0))
+    return write_export(
+        directory,
+        name,
+        nodes,
+        cut=[_tensor_json("x", "float32", [None, width])],
+        outputs=[_tensor_json("y", "float32", [None])],
+        initializers=initializers,
+    )

@@ -55,12 +55,13 @@ class FrameResult:
     outputs: dict[str, np.ndarray]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Prepared:
     record: FrameRecord
     inputs: Feed
     data: bytes | None  # the request; None for a local frame
     outputs: dict[str, np.ndarray] | None  # a local frame's result
+    frame_id: str = ""  # the request id
 
 
 class Pacer:
@@ -302,11 +303,12 @@ class Agent:
         if builder is None:
             prepared = _Prepared(record, feed, None, outputs)
         else:
-            encoded = builder.build(str(index), outputs)
+            frame_id = str(index)
+            encoded = builder.build(frame_id, outputs)
             record.encode_ms = encoded.encode_ms
             record.tx_bytes = len(encoded.data)
             record.payload_bytes = encoded.payload_bytes
-            prepared = _Prepared(record, feed, encoded.data, None)
+            prepared = _Prepared(record, feed, encoded.data, None, frame_id)
         energy.frame_done(record, time.perf_counter())
         self.records.append(record)
         self._captured = index + 1
@@ -396,7 +398,7 @@ class Agent:
             self._complete(item.record, item.inputs, item.outputs, time.perf_counter())
             return
         assert item.data is not None
-        await client.send(str(item.record.id), item.data, item)
+        await client.send(item.frame_id, item.data, item)
 
     # -- results (event loop) ---------------------------------------------------------------------
     def _on_reply(self, entry: Pending, message: Any, arrived: float) -> None:

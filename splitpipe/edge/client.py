@@ -35,7 +35,7 @@ _LOGGER = logging.getLogger(__name__)
 STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Pending:
     """A frame sent (or waiting to be sent) whose reply has not arrived."""
 

@@ -191,6 +191,8 @@ class IntervalLog:
         self._since = time.perf_counter()
 
     def add(self, record: FrameRecord) -> None:
+        if self.interval_s <= 0:  # no log lines: keep nothing (a daemon's lists would only grow)
+            return
         self._frames += 1
         if record.error is not None:
             self._failed += 1

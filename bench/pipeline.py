@@ -36,6 +36,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -180,7 +181,29 @@ def stop(proc: subprocess.Popen[str]) -> None:
 # -- clients ---------------------------------------------------------------------------------
 
 
-async def _echo_client(port: int, message: bytes, window: int, seconds: float) -> dict[str, float]:
+class Cpu:
+    """CPU time (user + system, all threads) of this process (the clients) and of a server
+    process, for CPU per message over a measuring window."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server = psutil.Process(server_pid)
+
+    def __call__(self) -> tuple[float, float]:
+        times = self.server.cpu_times()
+        return time.process_time(), times.user + times.system
+
+    @staticmethod
+    def per_message(before: tuple[float, float], after: tuple[float, float], n: int) -> dict[str, float]:
+        n = max(n, 1)
+        return {
+            "client_cpu_us": (after[0] - before[0]) / n * 1e6,
+            "server_cpu_us": (after[1] - before[1]) / n * 1e6,
+        }
+
+
+async def _echo_client(
+    port: int, message: bytes, window: int, seconds: float, cpu: Cpu | None = None
+) -> dict[str, float]:
     """The bare stream: write pre-built bytes with ``window`` unanswered, count replies."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS) as channel:
         call = channel.stream_stream(STREAM_METHOD)()
@@ -197,23 +220,30 @@ async def _echo_client(port: int, message: bytes, window: int, seconds: float) -
             await call.read()
             slots.release()
         received = 0
+        before = cpu() if cpu else (0.0, 0.0)
         start = time.perf_counter()
         while (elapsed := time.perf_counter() - start) < seconds:
             await call.read()
             received += 1
             slots.release()
+        after = cpu() if cpu else (0.0, 0.0)
         done = True
         task.cancel()
         call.cancel()
-    return {"fps": received / elapsed, "frames": received}
+    return {"fps": received / elapsed, "frames": received, **Cpu.per_message(before, after, received)}
 
 
-def echo_round(port: int, message: bytes, window: int, seconds: float) -> dict[str, float]:
-    return asyncio.run(_echo_client(port, message, window, seconds))
+def echo_round(
+    port: int, message: bytes, window: int, seconds: float, cpu: Cpu | None = None
+) -> dict[str, float]:
+    return asyncio.run(_echo_client(port, message, window, seconds, cpu))
 
 
-def agent_round(export: Path, port: int, window: int, seconds: float, threads: int = 1) -> dict[str, Any]:
-    """Our agent for ``seconds`` (then stopped and drained); its report's figures."""
+def agent_round(
+    export: Path, port: int, window: int, seconds: float, threads: int = 1, cpu: Cpu | None = None
+) -> dict[str, Any]:
+    """Our agent for ``seconds`` (then stopped and drained); its report's figures, and CPU per
+    frame in its steady state (after its start-up: loading the head, connecting)."""
     options = AgentOptions(
         export,
         server=f"127.0.0.1:{port}",
@@ -225,12 +255,17 @@ def agent_round(export: Path, port: int, window: int, seconds: float, threads: i
     out: list[Any] = []
     thread = threading.Thread(target=lambda: out.append(asyncio.run(agent.run())), daemon=True)
     thread.start()
-    time.sleep(seconds)
+    warm = min(0.5, seconds / 3)
+    time.sleep(warm)
+    before, done_before = (cpu() if cpu else (0.0, 0.0)), agent.completed
+    time.sleep(seconds - warm)
+    after, done_after = (cpu() if cpu else (0.0, 0.0)), agent.completed
     agent.stop()
     thread.join()
     report = out[0]
     s = report.summary
     return {
+        **Cpu.per_message(before, after, done_after - done_before),
         "fps": s["fps"],
         "frames": s["completed"],
         "lost": s["lost"],
@@ -276,11 +311,12 @@ def part_a(sizes: list[int], seconds: float, rounds: int, window: int, tmp: Path
             echo, echo_port = start_echo(tmp, reply_bytes)
             try:
                 runs: dict[str, list[dict[str, Any]]] = {"echo": [], "agent": [], "bare_client_serve": []}
+                echo_cpu, serve_cpu = Cpu(echo.pid), Cpu(serve.pid)
                 for _ in range(rounds):
-                    runs["echo"].append(echo_round(echo_port, message, window, seconds))
-                    runs["agent"].append(agent_round(export, port, window, seconds))
+                    runs["echo"].append(echo_round(echo_port, message, window, seconds, echo_cpu))
+                    runs["agent"].append(agent_round(export, port, window, seconds, cpu=serve_cpu))
                     # diagnosis: serve with the bare client (is the server or the agent the limit?)
-                    runs["bare_client_serve"].append(echo_round(port, message, window, seconds))
+                    runs["bare_client_serve"].append(echo_round(port, message, window, seconds, serve_cpu))
             finally:
                 stop(echo)
         finally:
@@ -308,6 +344,14 @@ def part_a(sizes: list[int], seconds: float, rounds: int, window: int, tmp: Path
                 "lost": sum(r["lost"] for r in runs["agent"]),
                 "failed": sum(r["failed"] for r in runs["agent"]),
                 "agent_e2e_ms": best["e2e_ms"],
+                # medians over rounds, measured (psutil): this process is the client side
+                "cpu_us_per_message": {
+                    k: {
+                        side: float(np.median([r[f"{side}_cpu_us"] for r in v]))
+                        for side in ("client", "server")
+                    }
+                    for k, v in runs.items()
+                },
                 "rounds": {
                     k: [{x: y for x, y in r.items() if x != "report"} for r in v] for k, v in runs.items()
                 },
@@ -319,6 +363,14 @@ def part_a(sizes: list[int], seconds: float, rounds: int, window: int, tmp: Path
             f"fps {r['agent_goodput_MiB_s']:7.1f} MiB/s | ratio {r['ratio']:.2f} "
             f"(rounds {', '.join(f'{x:.2f}' for x in r['ratios_per_round'])}), lost {r['lost']} | "
             f"bare client + serve {serve_fps:.0f} msg/s, ratio {r['serve_ratio']:.2f}",
+            flush=True,
+        )
+        c = r["cpu_us_per_message"]
+        print(
+            "             CPU us per message, client / server: echo {:.0f} / {:.0f} | agent + serve {:.0f} / {:.0f}"
+            " | bare client + serve {:.0f} / {:.0f}".format(
+                *(c[k][side] for k in ("echo", "agent", "bare_client_serve") for side in ("client", "server"))
+            ),
             flush=True,
         )
     return out

@@ -131,6 +131,11 @@ class Agent:
         self._client: StreamClient | None = None
         self._worker_error: BaseException | None = None
 
+    @property
+    def completed(self) -> int:
+        """Frames answered so far (failed ones not counted)."""
+        return self._completed
+
     # -- control ----------------------------------------------------------------------------------
     def stop(self) -> None:
         """End capturing and drain (first call); abandon frames in flight (second call)."""

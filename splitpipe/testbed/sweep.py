@@ -303,6 +303,7 @@ class Sweep:
             t = time.perf_counter()
             self._step("planning on the device side (throttled) and on the server side, measured there")
             side_plans = {side: work / f"plan-{side}.json" for side in ("device", "server")}
+            before_plans = CpuSnapshot.take(tb)
             procs = {
                 side: self._start_plan(tb, side, req, path, work / f"plan-{side}.log")
                 for side, path in side_plans.items()
@@ -313,6 +314,7 @@ class Sweep:
             self._wait(procs["device"], "the plan on the device side", work / "plan-device.log", 1800)
             timings["plan_device_s"] = time.perf_counter() - t
             result["side_plans"] = _side_plans(side_plans)
+            result["side_plans"]["other_work"] = CpuSnapshot.take(tb).other_work_since(before_plans)
             self.log(
                 "         whole model measured: device {:.1f} ms, server {:.1f} ms".format(
                     result["side_plans"]["device"]["whole_model_ms"],
@@ -641,10 +643,12 @@ class Sweep:
             "warmup_frames": o.warmup_frames,
             "report": str(report),
         }
+        before = CpuSnapshot.take(tb)
         with log.open("wb") as f:
             proc = tb.popen("device", argv, stdout=f, stderr=subprocess.STDOUT, env=_env())
         try:
             code = proc.wait(timeout=120 + 30 * total)
+            run["other_work"] = CpuSnapshot.take(tb).other_work_since(before)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -659,6 +663,33 @@ class Sweep:
 
 
 # ----------------------------------------------------------------------------------- helpers
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU time of the whole machine and of the testbed's two cgroups, to tell how much other
+    work (anything outside the device and server groups: other people's jobs, and the delay
+    relay) ran beside a run. Shared machines drift; the sweep says when they did."""
+
+    wall_s: float
+    busy_s: float
+    ours_s: float
+    load1: float
+
+    @classmethod
+    def take(cls, tb: Any) -> CpuSnapshot:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        ticks = [int(x) for x in fields]
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+        # guest time is counted in user time already
+        busy = (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+        ours = sum(tb.group(side).usage_ns() for side in ("device", "server")) / 1e9
+        return cls(time.monotonic(), busy, ours, os.getloadavg()[0])
+
+    def other_work_since(self, before: CpuSnapshot) -> dict[str, float]:
+        wall = max(self.wall_s - before.wall_s, 1e-6)
+        other = (self.busy_s - before.busy_s) - (self.ours_s - before.ours_s)
+        return {"cores": max(other, 0.0) / wall, "load1": self.load1, "seconds": wall, "measured": True}
+
+
 #: the tensor the trivial model is cut at, and how many frames measure the overhead
 TRIVIAL_CUT = "pooled"
 OVERHEAD_FRAMES = 20

@@ -158,6 +158,9 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     }
     if median is not None and p90 is not None:
         error["met"] = median <= TARGET_MEDIAN_ERROR and p90 <= TARGET_P90_ERROR
+    other = [
+        float(r["other_work"]["cores"]) for link in data["links"] for r in link["runs"] if r.get("other_work")
+    ]
     picked_ok = [x.get("picked_within_target") for x in links]
     slowest = min(data["links"], key=lambda x: x["rate_set_mbit"])["rate_set_mbit"] if data["links"] else None
     headline = [g for g in goodputs if g["key"] == "offload-raw" and g["rate_set_mbit"] == slowest]
@@ -169,6 +172,11 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         "goodput_headline": headline[0] if headline else None,
         "target_goodput": TARGET_GOODPUT,
         "failures": failures,
+        "other_work_cores": {
+            "mean": statistics.fmean(other_cores) if other_cores else None,
+            "max": max(other_cores) if other_cores else None,
+            "during_side_plans": ((data.get("side_plans") or {}).get("other_work") or {}).get("cores"),
+        },
         "measured": True,
     }
 
@@ -212,7 +220,7 @@ def print_sweep(data: dict[str, Any], console: Any = None) -> None:
         for col, justify in (
             ("run", "left"), ("where", "left"), ("codec", "left"), ("bytes/frame", "right"),
             ("frames", "right"), ("predicted", "right"), ("p50", "right"), ("p90", "right"),
-            ("error", "right"), ("fps", "right"), ("", "left"),
+            ("error", "right"), ("fps", "right"), ("other CPU", "right"), ("", "left"),
         ):  # fmt: skip
             table.add_column(col, justify=justify)  # type: ignore[arg-type]
         for r in sorted(link["runs"], key=lambda r: (_KIND_ORDER.get(r["kind"], 9), str(r["key"]))):
@@ -235,13 +243,15 @@ def print_sweep(data: dict[str, Any], console: Any = None) -> None:
                 f"{m_['e2e_ms']['p90']:.1f}" if m_ else "-",
                 f"{r['error']:+.1%}" if r.get("error") is not None else "-",
                 f"{m_['fps']:.2f}" if m_ and m_.get("fps") else "-",
+                f"{r['other_work']['cores']:.2f}" if r.get("other_work") else "-",
                 ", ".join(flags),
             )
         console.print(table)
     console.print(
         "ms end to end, sequential frames (window 1, each captured after the previous result); measured on the "
         "testbed, except ~ = the plan's prediction; error = (predicted - measured) / measured p50; bytes = the "
-        "request message."
+        "request message; other CPU = cores busy with work outside the testbed's device and server groups (other "
+        "jobs, the delay relay) during the run."
     )
     for line in summary_lines(summary):
         console.print(line)
@@ -281,6 +291,14 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
             f"goodput {g['key']} at {g['rate_set_mbit']:g} Mbit/s: {g['goodput_mbit']:.2f} Mbit/s "
             f"({g['request_bytes'] + g['reply_bytes']:,.0f} B in {g['transfer_ms']:.1f} ms) = "
             f"{g['of_set_rate']:.3f} of the set rate (target {summary['target_goodput']}){tcp}"
+        )
+    w = summary.get("other_work_cores") or {}
+    if w.get("mean") is not None:
+        plans = w.get("during_side_plans")
+        lines.append(
+            f"other work on the machine (cores outside the testbed's groups): {w['mean']:.2f} on average during the "
+            f"runs, at most {w['max']:.2f}"
+            + (f"; {plans:.2f} while the sides were profiled" if plans is not None else "")
         )
     for f in summary["failures"]:
         lines.append(f"FAILED: {f}")

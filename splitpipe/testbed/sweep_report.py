@@ -158,7 +158,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     }
     if median is not None and p90 is not None:
         error["met"] = median <= TARGET_MEDIAN_ERROR and p90 <= TARGET_P90_ERROR
-    other = [
+    other_cores = [
         float(r["other_work"]["cores"]) for link in data["links"] for r in link["runs"] if r.get("other_work")
     ]
     picked_ok = [x.get("picked_within_target") for x in links]

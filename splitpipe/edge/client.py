@@ -237,13 +237,18 @@ class StreamClient:
             # full window without reading the replies could stall both ends
             reader = asyncio.create_task(self._read(self._call))
             broken = asyncio.create_task(self._broken.wait())
-            if resend:
-                for entry in list(self._pending.values()):
-                    sent_before = entry.sends > 0
-                    if await self._write(entry) and sent_before:
-                        self.resent += 1
-            done, _ = await asyncio.wait({reader, broken}, return_when=asyncio.FIRST_COMPLETED)
-            broken.cancel()
+            try:
+                if resend:
+                    for entry in list(self._pending.values()):
+                        sent_before = entry.sends > 0
+                        if await self._write(entry) and sent_before:
+                            self.resent += 1
+                done, _ = await asyncio.wait({reader, broken}, return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:  # close() cancelled us: the reader must not outlive the channel
+                reader.cancel()
+                raise
+            finally:
+                broken.cancel()
             error: BaseException | None = None
             if reader in done:
                 error = reader.exception()

@@ -84,7 +84,9 @@ def test_small_sweep_end_to_end(tmp_path: Path) -> None:
     assert {"local", "offload-raw", "offload-jpeg"} <= keys and any(k.startswith("s") for k in keys)
     for link in data["links"]:
         # the plan was made for the link as measured, not as set
-        assert link["plan"]["link"]["bandwidth_mbps"] == pytest.approx(link["link_planned"]["uplink_mbit"], rel=1e-3)
+        assert link["plan"]["link"]["bandwidth_mbps"] == pytest.approx(
+            link["link_planned"]["uplink_mbit"], rel=1e-3
+        )
         assert link["link_run"]["measured"] is True
         assert {r["key"] for r in link["runs"]} == keys
         assert link["picked"] in keys
@@ -94,13 +96,18 @@ def test_small_sweep_end_to_end(tmp_path: Path) -> None:
             assert m["measured"] is True and p["estimated"] is True
             assert m["e2e_ms"]["n"] == 4 and m["completed"] == 4 and m["lost"] == 0
             assert 0 < m["e2e_ms"]["p50"] <= m["e2e_ms"]["p90"]
-            assert p["e2e_ms"] > 0 and run["error"] == pytest.approx((p["e2e_ms"] - m["e2e_ms"]["p50"]) / m["e2e_ms"]["p50"])
+            assert p["e2e_ms"] > 0 and run["error"] == pytest.approx(
+                (p["e2e_ms"] - m["e2e_ms"]["p50"]) / m["e2e_ms"]["p50"]
+            )
             if run["kind"] != "local":
                 # every remote frame crossed the link: at least one round trip
                 assert m["e2e_ms"]["min"] >= link["link_run"]["rtt_min_ms"] * 0.9
         by_key = {r["key"]: r for r in link["runs"]}
         # JPEG sends far fewer bytes than the raw input; local sends nothing
-        assert by_key["offload-jpeg"]["measured"]["bytes_per_frame"] < by_key["offload-raw"]["measured"]["bytes_per_frame"]
+        assert (
+            by_key["offload-jpeg"]["measured"]["bytes_per_frame"]
+            < by_key["offload-raw"]["measured"]["bytes_per_frame"]
+        )
         assert by_key["local"]["measured"]["bytes_per_frame"] == 0
     s = data["summary"]
     assert s["prediction_error"]["n"] == 2 * len(keys)
@@ -161,7 +168,10 @@ def test_bad_sweep_options(fields: dict[str, Any], message: str) -> None:
     ("args", "text"),
     [
         (("sweep", "torchvision:resnet50", "--links", "2mbit,fast"), "bad link rate 'fast'"),
-        (("sweep", "torchvision:resnet50", "--links", "20000mbit"), "link rate 20000.0 Mbit/s is out of range"),
+        (
+            ("sweep", "torchvision:resnet50", "--links", "20000mbit"),
+            "link rate 20000.0 Mbit/s is out of range",
+        ),
         (("sweep", "torchvision:resnet50", "--rtt", "soon"), "bad duration 'soon'"),
         (("sweep", "torchvision:resnet50", "--device-cpu", "3"), "device CPU share 3.0 is out of range"),
         (("sweep", "torchvision:resnet50", "--codec", "int7"), "int7"),
@@ -183,7 +193,9 @@ def test_without_root_one_line_and_exit_2() -> None:
         if shutil.which("setpriv") is None:
             pytest.skip("needs setpriv to drop root")
         argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": "/tmp"})
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": "/tmp"}
+    )
     _one_line_error(proc, "the testbed needs root")
 
 
@@ -284,10 +296,14 @@ def test_summary_arithmetic() -> None:
     e = s["prediction_error"]
     errors = sorted(abs(r["error"]) for link in data["links"] for r in link["runs"])
     assert e["n"] == 6 and e["median_abs"] == pytest.approx((errors[2] + errors[3]) / 2)
-    assert e["max_abs"] == pytest.approx(0.2) and e["met"] is (e["median_abs"] <= 0.1 and e["p90_abs"] <= 0.25)
+    assert e["max_abs"] == pytest.approx(0.2) and e["met"] is (
+        e["median_abs"] <= 0.1 and e["p90_abs"] <= 0.25
+    )
     slow, fast = s["links"]
     assert slow["best"] == "s3" and slow["picked_within_target"] is True
-    assert slow["speedup_vs_local"] == pytest.approx(2.5) and slow["latency_reduction_vs_local"] == pytest.approx(0.6)
+    assert slow["speedup_vs_local"] == pytest.approx(2.5) and slow[
+        "latency_reduction_vs_local"
+    ] == pytest.approx(0.6)
     assert slow["speedup_vs_offload-raw"] == pytest.approx(12.5)
     assert fast["best"] == "s3" and fast["picked_p50_ms"] == 110.0 and fast["picked_over_best"] == 1.0
     assert e["median_abs"] == pytest.approx(0.05) and e["p90_abs"] == pytest.approx(0.15) and e["met"] is True
@@ -298,7 +314,9 @@ def test_summary_arithmetic() -> None:
     assert g["goodput_mbit"] == pytest.approx(600_000 * 8 / 2400 / 1e3)
     assert g["of_set_rate"] == pytest.approx(1.0) and g["of_measured_tcp"] == pytest.approx(1.0 / 0.95)
     lines = "\n".join(summary_lines(s))
-    assert "prediction error over 6 runs" in lines and "within 5 %" in lines and "goodput offload-raw" in lines
+    assert (
+        "prediction error over 6 runs" in lines and "within 5 %" in lines and "goodput offload-raw" in lines
+    )
 
 
 def test_picked_not_within_five_percent_is_reported() -> None:

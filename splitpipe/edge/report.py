@@ -127,6 +127,11 @@ class EnergyShares:
         self.sample: Any = None
         self.error: str | None = None
 
+    @property
+    def attributed_j(self) -> float:
+        """The energy shared among frames so far: from the start to the last snapshot."""
+        return self._last_j
+
     def start(self) -> None:
         try:
             self.meter.start()

@@ -324,27 +324,32 @@ def plot_sweep(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     series: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+    picks: list[tuple[float, dict[str, Any]]] = []
     for link in links:
         runs = _by_key(link)
         for key in ("local", "offload-raw", "offload-jpeg"):
             if key in runs:
                 series.setdefault(key, []).append((rate(link), runs[key]))
-        picked = link.get("picked")
-        if picked in runs:
-            series.setdefault("picked", []).append((rate(link), runs[picked]))
+        splits = [r for r in runs.values() if r["kind"] == "split" and r.get("measured")]
+        if splits:
+            best = min(splits, key=lambda r: r["measured"]["e2e_ms"]["p50"])
+            series.setdefault("fastest split", []).append((rate(link), best))
+        picked = runs.get(link.get("picked"))
+        if picked and picked.get("measured"):
+            picks.append((rate(link), picked))
     colours = {
         "local": "tab:blue",
         "offload-raw": "tab:red",
         "offload-jpeg": "tab:orange",
-        "picked": "tab:green",
+        "fastest split": "tab:green",
     }
     for name, points in series.items():
         xs = [x for x, r in points if r.get("measured")]
         p50 = [r["measured"]["e2e_ms"]["p50"] for _, r in points if r.get("measured")]
         p90 = [r["measured"]["e2e_ms"]["p90"] for _, r in points if r.get("measured")]
-        label = (
-            name if name != "picked" else "picked split (" + ", ".join(str(r["key"]) for _, r in points) + ")"
-        )
+        label = name
+        if name == "fastest split":
+            label += " of each link (" + ", ".join(str(r["key"]) for _, r in points) + ")"
         ax.errorbar(
             xs, p50, yerr=[[0] * len(p50), [b - a for a, b in zip(p50, p90, strict=True)]], marker="o",
             color=colours[name], label=f"{label}, measured p50 (bar: p90)", capsize=3,
@@ -353,8 +358,17 @@ def plot_sweep(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
             [x for x, _ in points], [r["predicted"]["e2e_ms"] for _, r in points], linestyle="--",
             color=colours[name], alpha=0.7,
         )  # fmt: skip
+    if picks:
+        ax.scatter(
+            [x for x, _ in picks], [r["measured"]["e2e_ms"]["p50"] for _, r in picks], s=160,
+            facecolors="none", edgecolors="black", linewidths=1.5, zorder=5,
+            label="planner's pick (" + ", ".join(str(r["key"]) for _, r in picks) + ")",
+        )  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ticks = [rate(link) for link in links]
+    ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("link rate, measured TCP goodput (Mbit/s)")
     ax.set_ylabel("end-to-end latency per frame (ms)")
     ax.set_title(f"{stem}: latency against bandwidth (dashed: predicted)")

@@ -61,31 +61,36 @@ def main() -> int:
     print(f"profiled this machine in {profile_s:.1f} s ({'quick' if args.quick else 'full'})")
 
     rows: list[dict[str, Any]] = []
-    errors: dict[str, list[float]] = {"segment": [], "uncalibrated": [], "head": []}
+    errors: dict[str, list[float]] = {"segment": [], "no_weight_stream": [], "uncalibrated": [], "head": []}
     run = profile.run_overhead_us * 1e-3
     for name in args.models.split(","):
         a = analyse(PlanRequest(model=f"torchvision:{name.strip()}"))
         cuts = [c for c, ok in zip(a.cuts, is_chain(a.cuts), strict=True) if ok]
         timings = measure(a.graph, cuts, MeasureOptions(threads=1, warmup=2, repeats=7))
         seg_ms = timings.details["segment_ms"]
-        mine: dict[str, list[float]] = {"segment": [], "uncalibrated": [], "head": []}
+        mine: dict[str, list[float]] = {"segment": [], "no_weight_stream": [], "uncalibrated": [], "head": []}
         prev, head_pred = 0, 0.0
         for i, (end, meas) in enumerate(zip([*(c.head for c in cuts), a.graph.full], seg_ms, strict=True)):
             mask = end & ~prev
             prev = end
             pred = nodes_ms(a.graph, mask, profile)
             mine["segment"].append(_err(pred + run, meas))
+            bare = nodes_ms(a.graph, mask, profile, stream_weights=False)
+            mine["no_weight_stream"].append(_err(bare + run, meas))
             mine["uncalibrated"].append(_err(nodes_ms(a.graph, mask, uncalibrated) + run, meas))
             head_pred += pred
             if i < len(cuts):
                 mine["head"].append(_err(head_pred + run, timings.head_ms[cuts[i].id]))
         whole_pred = nodes_ms(a.graph, a.graph.full, profile) + run
+        whole_bare = nodes_ms(a.graph, a.graph.full, profile, stream_weights=False) + run
         row = {
             "model": name,
             "segments": len(seg_ms),
             "whole_measured_ms": timings.full_ms,
             "whole_predicted_ms": whole_pred,
             "whole_error": _err(whole_pred, timings.full_ms),
+            "whole_predicted_no_weight_stream_ms": whole_bare,
+            "whole_error_no_weight_stream": _err(whole_bare, timings.full_ms),
             **{f"{k}_error_median": statistics.median(v) for k, v in mine.items()},
         }
         rows.append(row)
@@ -93,8 +98,10 @@ def main() -> int:
             errors[k] += v
         print(
             f"{name:20s} whole {timings.full_ms:7.1f} ms measured, {whole_pred:7.1f} predicted "
-            f"({row['whole_error']:.0%}); {len(seg_ms)} segments: median error {row['segment_error_median']:.0%} "
-            f"(uncalibrated {row['uncalibrated_error_median']:.0%}); heads: median {row['head_error_median']:.0%}"
+            f"({row['whole_error']:.0%}; without weight streaming {row['whole_error_no_weight_stream']:.0%}); "
+            f"{len(seg_ms)} segments: median error {row['segment_error_median']:.0%} (without weight streaming "
+            f"{row['no_weight_stream_error_median']:.0%}, uncalibrated {row['uncalibrated_error_median']:.0%}); "
+            f"heads: median {row['head_error_median']:.0%}"
         )
 
     def pct(values: list[float], q: int) -> float:
@@ -105,11 +112,16 @@ def main() -> int:
         summary[f"{k}_error_median"] = statistics.median(v)
         summary[f"{k}_error_p90"] = pct(v, 90)
     summary["whole_error_median"] = statistics.median(r["whole_error"] for r in rows)
+    summary["whole_error_no_weight_stream_median"] = statistics.median(
+        r["whole_error_no_weight_stream"] for r in rows
+    )
     print(
         f"\nall {summary['segments']} segments: median error {summary['segment_error_median']:.0%}, "
-        f"p90 {summary['segment_error_p90']:.0%}; uncalibrated (peak x efficiency): median "
+        f"p90 {summary['segment_error_p90']:.0%} (without weight streaming "
+        f"{summary['no_weight_stream_error_median']:.0%}, p90 {summary['no_weight_stream_error_p90']:.0%}); uncalibrated (peak x efficiency): median "
         f"{summary['uncalibrated_error_median']:.0%}; heads: median {summary['head_error_median']:.0%}, "
-        f"p90 {summary['head_error_p90']:.0%}; whole models: median {summary['whole_error_median']:.0%}"
+        f"p90 {summary['head_error_p90']:.0%}; whole models: median {summary['whole_error_median']:.0%} "
+        f"(without weight streaming {summary['whole_error_no_weight_stream_median']:.0%})"
     )
     out = {
         "profile_s": profile_s,

@@ -40,6 +40,7 @@ def _rel(pred: float, meas: float) -> float:
 
 def bench_model(name: str, threads: int, direct_cuts: int, cold: bool) -> dict[str, Any]:
     from splitpipe.devices.microbench import local_profile
+    from splitpipe.partition.flops import nodes_ms
     from splitpipe.partition.graph import random_feed
     from splitpipe.partition.plan import PlanRequest, analyse, make_plan
     from splitpipe.partition.profile import MeasureOptions, _time_model, analytic
@@ -74,6 +75,9 @@ def bench_model(name: str, threads: int, direct_cuts: int, cold: bool) -> dict[s
     out["segment_scale"] = details["segment_scale"]
     out["whole_analytic_ms"] = predicted
     out["analytic_over_measured"] = predicted / whole_ms
+    # the same profile without the weight-streaming term (flops.node_ms), side by side
+    bare = nodes_ms(graph, graph.full, profile, stream_weights=False) + profile.run_overhead_us * 1e-3
+    out["analytic_no_weight_stream_over_measured"] = bare / whole_ms
 
     picks = cuts[:: max(1, len(cuts) // direct_cuts)][:direct_cuts]
     head_err, tail_err, rows = [], [], []
@@ -133,6 +137,7 @@ def main() -> int:
         print(f"  whole model measured                  {r['whole_measured_ms']:7.1f} ms")
         print(f"  segments unscaled / whole             {r['segments_over_whole']:7.3f}")
         print(f"  analytic prediction / measured        {r['analytic_over_measured']:7.3f}")
+        print(f"    without weight streaming            {r['analytic_no_weight_stream_over_measured']:7.3f}")
         print(
             f"  plan head vs direct: median {r['head_error_median']:.1%}, worst {r['head_error_max']:.1%}; "
             f"tail: median {r['tail_error_median']:.1%}, worst {r['tail_error_max']:.1%}"

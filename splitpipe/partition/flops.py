@@ -53,6 +53,8 @@ class NodeCost:
     flops: int
     bytes: int
     op_class: str
+    #: bytes of the weights (initializers) the node reads, part of ``bytes``
+    weight_bytes: int = 0
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -66,6 +68,7 @@ def node_cost(graph: Graph, k: int) -> NodeCost:
     outs = [graph.info(t) for t in node.output if t and t in graph._info]
     out_elems = sum(_numel(o.shape) for o in outs)
     moved = sum(i.nbytes for i in ins) + sum(o.nbytes for o in outs)
+    weights = sum(graph.info(t).nbytes for t in node.input if t in graph.initializers)
     attrs = {a.name: a for a in node.attribute}
 
     if op in ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv") and len(ins) >= 2:
@@ -75,14 +78,15 @@ def node_cost(graph: Graph, k: int) -> NodeCost:
             flops = 2 * _numel(ins[0].shape) * weight.shape[1] * _numel(weight.shape[2:])
         else:
             flops = 2 * out_elems * _numel(weight.shape[1:])
-        return NodeCost(flops, moved, "dwconv" if group > 1 else "conv")
+        return NodeCost(flops, moved, "dwconv" if group > 1 else "conv", weights)
     if op in ("MatMul", "MatMulInteger", "Gemm", "QLinearMatMul") and len(ins) >= 2:
         a = ins[0].shape
         k_dim = (a[0] if attrs.get("transA") and attrs["transA"].i else a[-1]) if a else 1
-        return NodeCost(2 * out_elems * k_dim, moved, "matmul")
+        return NodeCost(2 * out_elems * k_dim, moved, "matmul", weights)
     if op == "Einsum" and ins:
         # upper bound without parsing the equation: every output element reads a full input row
-        return NodeCost(2 * out_elems * max(i.shape[-1] if i.shape else 1 for i in ins), moved, "matmul")
+        flops = 2 * out_elems * max(i.shape[-1] if i.shape else 1 for i in ins)
+        return NodeCost(flops, moved, "matmul", weights)
     if op in _POOLS:
         kernel = _numel(tuple(attrs["kernel_shape"].ints)) if "kernel_shape" in attrs else 1
         return NodeCost(out_elems * kernel, moved, "pool")
@@ -90,29 +94,39 @@ def node_cost(graph: Graph, k: int) -> NodeCost:
         return NodeCost(_numel(ins[0].shape) if ins else out_elems, moved, "pool")
     if op in _VIEWS:
         return NodeCost(0, 0, "elementwise")
-    return NodeCost(out_elems * _HEAVY_ELEMENTWISE.get(op, 1), moved, "elementwise")
+    return NodeCost(out_elems * _HEAVY_ELEMENTWISE.get(op, 1), moved, "elementwise", weights)
 
 
-def node_ms(cost: NodeCost, profile: DeviceProfile, precision: str = "fp32") -> float:
+def node_ms(
+    cost: NodeCost, profile: DeviceProfile, precision: str = "fp32", stream_weights: bool = True
+) -> float:
     """Time of one node on ``profile``, plus a fixed per-node overhead.
 
-    With throughput measured on the device for the node's operator class and size, that rate
-    alone: it already includes how the op uses caches and memory, and a DRAM roofline on top
-    overestimates small ops that run from cache. Otherwise a roofline from public peak figures:
-    the slower of compute and memory traffic, each at the profile's achievable fraction.
+    With throughput measured on the device for the node's operator class and size, that rate,
+    plus (``stream_weights``) the node's weights read once from memory at the profile's copy
+    bandwidth. The micro-benchmarks run one op again and again, so its weights stay in cache and
+    its rate contains no weight traffic; inside a real model, whose weights are many times the
+    cache, each weight byte comes from DRAM once per inference. A DRAM roofline on the
+    activations is not added: they mostly move through the caches between adjacent ops, and the
+    measured rates already contain that. Without measured rates, a roofline from public peak
+    figures: the slower of compute and memory traffic (weights included), each at the profile's
+    achievable fraction.
     """
     overhead_s = profile.node_overhead_us * 1e-6
     rate = profile.achieved_gflops(cost.op_class, cost.flops)
     if rate:
-        return (cost.flops / (rate * 1e9) + overhead_s) * 1e3
+        weights_s = cost.weight_bytes / (profile.mem_bandwidth_gbs * 1e9) if stream_weights else 0.0
+        return (cost.flops / (rate * 1e9) + weights_s + overhead_s) * 1e3
     peak = profile.peak_gflops.get(precision, profile.peak_gflops["fp32"])
     compute_s = cost.flops / (peak * profile.compute_efficiency * 1e9)
     memory_s = cost.bytes / (profile.mem_bandwidth_gbs * 1e9 * profile.memory_efficiency)
     return (max(compute_s, memory_s) + overhead_s) * 1e3
 
 
-def nodes_ms(graph: Graph, mask: int, profile: DeviceProfile) -> float:
-    return sum(node_ms(node_cost(graph, k), profile) for k in graph.members(mask))
+def nodes_ms(graph: Graph, mask: int, profile: DeviceProfile, stream_weights: bool = True) -> float:
+    return sum(
+        node_ms(node_cost(graph, k), profile, stream_weights=stream_weights) for k in graph.members(mask)
+    )
 
 
 def total_flops(graph: Graph, mask: int) -> int:

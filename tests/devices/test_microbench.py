@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from importlib import resources
 from pathlib import Path
@@ -92,6 +93,30 @@ def test_flops_match_the_planner(point: microbench.BenchPoint, tmp_path: Path) -
     costs = [node_cost(graph, k) for k in range(graph.n)]
     assert [c.op_class for c in costs] == [point.op_class] * LONG
     assert sum(c.flops for c in costs) == point.flops * LONG
+
+
+def test_measured_rates_add_the_weights_read_once_per_inference(tmp_path: Path) -> None:
+    """With measured rates, a node costs FLOPs / rate plus its weights at the copy bandwidth."""
+    onnx = pytest.importorskip("onnx")
+    from splitpipe.partition.flops import node_cost, node_ms
+    from splitpipe.partition.graph import Graph
+
+    point = next(p for p in POINTS if p.name == "matmul_m1_k1024")
+    model = onnx.load_from_string((MODELS / point.file(SHORT)).read_bytes())
+    _fold_constants(model)
+    path = tmp_path / point.file(SHORT)
+    onnx.save(model, str(path))
+    cost = node_cost(Graph(model, path), 0)
+    assert cost.weight_bytes == 1024 * 1024 * 4  # the K x K float32 weight, an initializer
+    profile = dataclasses.replace(
+        load_profile("x86-server"),
+        measured_gflops={"matmul": 10.0},
+        mem_bandwidth_gbs=20.0,
+        node_overhead_us=0.0,
+    )
+    compute_ms = cost.flops / 10e9 * 1e3
+    assert node_ms(cost, profile, stream_weights=False) == pytest.approx(compute_ms)
+    assert node_ms(cost, profile) == pytest.approx(compute_ms + cost.weight_bytes / 20e9 * 1e3)
 
 
 def _fold_constants(model: object) -> None:

@@ -61,15 +61,27 @@ def main() -> int:
     print(f"profiled this machine in {profile_s:.1f} s ({'quick' if args.quick else 'full'})")
 
     rows: list[dict[str, Any]] = []
-    errors: dict[str, list[float]] = {"segment": [], "no_weight_stream": [], "uncalibrated": [], "head": []}
+    errors: dict[str, list[float]] = {
+        "segment": [],
+        "no_weight_stream": [],
+        "uncalibrated": [],
+        "head": [],
+        "head_no_weight_stream": [],
+    }
     run = profile.run_overhead_us * 1e-3
     for name in args.models.split(","):
         a = analyse(PlanRequest(model=f"torchvision:{name.strip()}"))
         cuts = [c for c, ok in zip(a.cuts, is_chain(a.cuts), strict=True) if ok]
         timings = measure(a.graph, cuts, MeasureOptions(threads=1, warmup=2, repeats=7))
         seg_ms = timings.details["segment_ms"]
-        mine: dict[str, list[float]] = {"segment": [], "no_weight_stream": [], "uncalibrated": [], "head": []}
-        prev, head_pred = 0, 0.0
+        mine: dict[str, list[float]] = {
+            "segment": [],
+            "no_weight_stream": [],
+            "uncalibrated": [],
+            "head": [],
+            "head_no_weight_stream": [],
+        }
+        prev, head_pred, head_bare = 0, 0.0, 0.0
         for i, (end, meas) in enumerate(zip([*(c.head for c in cuts), a.graph.full], seg_ms, strict=True)):
             mask = end & ~prev
             prev = end
@@ -79,8 +91,10 @@ def main() -> int:
             mine["no_weight_stream"].append(_err(bare + run, meas))
             mine["uncalibrated"].append(_err(nodes_ms(a.graph, mask, uncalibrated) + run, meas))
             head_pred += pred
+            head_bare += bare
             if i < len(cuts):
                 mine["head"].append(_err(head_pred + run, timings.head_ms[cuts[i].id]))
+                mine["head_no_weight_stream"].append(_err(head_bare + run, timings.head_ms[cuts[i].id]))
         whole_pred = nodes_ms(a.graph, a.graph.full, profile) + run
         whole_bare = nodes_ms(a.graph, a.graph.full, profile, stream_weights=False) + run
         row = {
@@ -101,7 +115,7 @@ def main() -> int:
             f"({row['whole_error']:.0%}; without weight streaming {row['whole_error_no_weight_stream']:.0%}); "
             f"{len(seg_ms)} segments: median error {row['segment_error_median']:.0%} (without weight streaming "
             f"{row['no_weight_stream_error_median']:.0%}, uncalibrated {row['uncalibrated_error_median']:.0%}); "
-            f"heads: median {row['head_error_median']:.0%}"
+            f"heads: median {row['head_error_median']:.0%} (without {row['head_no_weight_stream_error_median']:.0%})"
         )
 
     def pct(values: list[float], q: int) -> float:
@@ -120,7 +134,8 @@ def main() -> int:
         f"p90 {summary['segment_error_p90']:.0%} (without weight streaming "
         f"{summary['no_weight_stream_error_median']:.0%}, p90 {summary['no_weight_stream_error_p90']:.0%}); uncalibrated (peak x efficiency): median "
         f"{summary['uncalibrated_error_median']:.0%}; heads: median {summary['head_error_median']:.0%}, "
-        f"p90 {summary['head_error_p90']:.0%}; whole models: median {summary['whole_error_median']:.0%} "
+        f"p90 {summary['head_error_p90']:.0%} (without weight streaming "
+        f"{summary['head_no_weight_stream_error_median']:.0%}, p90 {summary['head_no_weight_stream_error_p90']:.0%}); whole models: median {summary['whole_error_median']:.0%} "
         f"(without weight streaming {summary['whole_error_no_weight_stream_median']:.0%})"
     )
     out = {

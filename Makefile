@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-EXTRAS ?= plan,edge,server,dev
+EXTRAS ?= plan,edge,server,video,dev
 
 .PHONY: venv demo test test-all lint format proto clean
 
@@ -18,8 +18,8 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/splitpipe demo
 
-# The test command of README.md and .ci/run.
-test: venv
+# The test command of README.md and .ci/run: lint and type checks, then the suite.
+test: lint
 	$(BIN)/python -m pytest -q
 
 lint: venv

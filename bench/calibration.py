@@ -32,6 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MODELS = "resnet50,mobilenet_v3_large,efficientnet_b0,googlenet,densenet121,resnet18"
+#: the errors collected: per segment (calibrated; without the weight-streaming term of
+#: flops.node_ms; the uncalibrated profile) and per head (with and without that term)
+KINDS = ("segment", "no_weight_stream", "uncalibrated", "head", "head_no_weight_stream")
 
 
 def _err(pred: float, meas: float) -> float:
@@ -61,26 +64,14 @@ def main() -> int:
     print(f"profiled this machine in {profile_s:.1f} s ({'quick' if args.quick else 'full'})")
 
     rows: list[dict[str, Any]] = []
-    errors: dict[str, list[float]] = {
-        "segment": [],
-        "no_weight_stream": [],
-        "uncalibrated": [],
-        "head": [],
-        "head_no_weight_stream": [],
-    }
+    errors: dict[str, list[float]] = {k: [] for k in KINDS}
     run = profile.run_overhead_us * 1e-3
     for name in args.models.split(","):
         a = analyse(PlanRequest(model=f"torchvision:{name.strip()}"))
         cuts = [c for c, ok in zip(a.cuts, is_chain(a.cuts), strict=True) if ok]
         timings = measure(a.graph, cuts, MeasureOptions(threads=1, warmup=2, repeats=7))
         seg_ms = timings.details["segment_ms"]
-        mine: dict[str, list[float]] = {
-            "segment": [],
-            "no_weight_stream": [],
-            "uncalibrated": [],
-            "head": [],
-            "head_no_weight_stream": [],
-        }
+        mine: dict[str, list[float]] = {k: [] for k in KINDS}
         prev, head_pred, head_bare = 0, 0.0, 0.0
         for i, (end, meas) in enumerate(zip([*(c.head for c in cuts), a.graph.full], seg_ms, strict=True)):
             mask = end & ~prev

@@ -313,6 +313,7 @@ def plot_sweep(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -368,7 +369,7 @@ def plot_sweep(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
     ax.set_yscale("log")
     ticks = [rate(link) for link in links]
     ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("link rate, measured TCP goodput (Mbit/s)")
     ax.set_ylabel("end-to-end latency per frame (ms)")
     ax.set_title(f"{stem}: latency against bandwidth (dashed: predicted)")

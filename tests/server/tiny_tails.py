@@ -180,7 +180,7 @@ def free_length(directory: Path, name: str = "free-length") -> Path:
     )
 
 
-def slow_chain(directory: Path, name: str = "slow-chain", layers: int = 8, width: int = 1024) -> Path:
+def slow_chain(directory: Path, name: str = "slow-chain", layers: int = 64, width: int = 1024) -> Path:
     """x float32 [N,width] -> y = ReduceSum of ``layers`` chained MatMuls [N]: a tail that takes
     milliseconds per run, unlike the others here, which take microseconds."""
     from onnx import helper, numpy_helper

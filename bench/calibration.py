@@ -123,10 +123,12 @@ def main() -> int:
     print(
         f"\nall {summary['segments']} segments: median error {summary['segment_error_median']:.0%}, "
         f"p90 {summary['segment_error_p90']:.0%} (without weight streaming "
-        f"{summary['no_weight_stream_error_median']:.0%}, p90 {summary['no_weight_stream_error_p90']:.0%}); uncalibrated (peak x efficiency): median "
-        f"{summary['uncalibrated_error_median']:.0%}; heads: median {summary['head_error_median']:.0%}, "
-        f"p90 {summary['head_error_p90']:.0%} (without weight streaming "
-        f"{summary['head_no_weight_stream_error_median']:.0%}, p90 {summary['head_no_weight_stream_error_p90']:.0%}); whole models: median {summary['whole_error_median']:.0%} "
+        f"{summary['no_weight_stream_error_median']:.0%}, p90 {summary['no_weight_stream_error_p90']:.0%}); "
+        f"uncalibrated (peak x efficiency): median {summary['uncalibrated_error_median']:.0%}; "
+        f"heads: median {summary['head_error_median']:.0%}, p90 {summary['head_error_p90']:.0%} "
+        f"(without weight streaming {summary['head_no_weight_stream_error_median']:.0%}, "
+        f"p90 {summary['head_no_weight_stream_error_p90']:.0%}); "
+        f"whole models: median {summary['whole_error_median']:.0%} "
         f"(without weight streaming {summary['whole_error_no_weight_stream_median']:.0%})"
     )
     out = {

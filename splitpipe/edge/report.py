@@ -111,10 +111,11 @@ class EnergyShares:
     The meter runs for the whole session. After a frame's device work (capture, head, encode)
     the worker calls :meth:`frame_done`; at most every ``interval_s`` a snapshot is taken, and
     the energy of the interval since the previous one is shared among the frames finished in
-    it, in proportion to their device work. So the shares add up to the energy from the start
-    to the last snapshot, idle time between frames included; what comes after the last frame's
-    device work is in the summary's total only. Each share carries the meter's label:
-    ``measured`` only when a sensor measured it.
+    it, in proportion to their device work. Frames still waiting at :meth:`stop` share the
+    energy up to the stop. So the shares add up to :attr:`attributed_j`, the energy from the
+    start to the last snapshot or to the stop, idle time between frames included; after the
+    last snapshot with no frame waiting, the rest is in the summary's total only. Each share
+    carries the meter's label: ``measured`` only when a sensor measured it.
     """
 
     def __init__(self, meter: Any, interval_s: float = 0.1) -> None:
@@ -129,7 +130,7 @@ class EnergyShares:
 
     @property
     def attributed_j(self) -> float:
-        """The energy shared among frames so far: from the start to the last snapshot."""
+        """The energy shared among frames so far (joules)."""
         return self._last_j
 
     def start(self) -> None:

@@ -87,7 +87,8 @@ class BenchPoint:
 
     @property
     def bytes_moved(self) -> int:
-        """Bytes one op reads and writes at least (activations, fp32)."""
+        """Bytes one op reads and writes at least (activations, fp32); for the one-op model
+        also the bytes of its graph inputs and output (every op here keeps its input's size)."""
         elems = int(np.prod(self.input_shape))
         return 4 * elems * (3 if self.kind == "add" else 2)
 
@@ -107,7 +108,7 @@ POINTS: tuple[BenchPoint, ...] = (
     _conv(128, 28, 3),
     _conv(256, 14, 3),
     _conv(32, 28, 3),
-    _conv(64, 56, 1),
+    _conv(64, 56, 1, quick=True),  # quick too: its edge work (boundary_us_per_mb) is not lost in noise
     _conv(256, 14, 1),
     _conv(512, 7, 1),
     _conv(32, 112, 3, groups=32, quick=True),
@@ -371,6 +372,33 @@ def _class_figures(points: list[dict[str, Any]]) -> tuple[dict[str, float], dict
     return gflops, curves
 
 
+#: points whose graph inputs and output are smaller than this say nothing about per-byte costs
+_MIN_BOUNDARY_BYTES = 64 << 10
+
+
+def _boundary_figures(points: list[dict[str, Any]], overheads: dict[str, float]) -> dict[str, float]:
+    """Per class, what its one-op models cost beyond their op and the fixed call and node
+    costs, per MB of their inputs and output: the edge work (input copy, layout reorders,
+    output write) that a head or tail pays at its ends and a node inside a model does not.
+
+    The difference is small against a long op's timing noise, so each class uses the half of
+    its points with the least op time per boundary byte, and their median."""
+    by_name = {p.name: p for p in POINTS}
+    fixed_ms = (overheads["run_us"] + overheads["node_us"]) * 1e-3
+    mine: dict[str, list[tuple[float, float]]] = {}
+    for r in points:
+        mb = by_name[r["name"]].bytes_moved / 1e6
+        if r["noisy"] or mb * 1e6 < _MIN_BOUNDARY_BYTES:
+            continue
+        edge_us = max(r["x1_ms"] - r["op_ms"] - fixed_ms, 0.0) * 1e3
+        mine.setdefault(r["op_class"], []).append((r["op_ms"] / mb, edge_us / mb))
+    out = {}
+    for cls, rows in mine.items():
+        rows.sort()
+        out[cls] = round(float(np.median([rate for _, rate in rows[: (len(rows) + 1) // 2]])), 3)
+    return out
+
+
 def _power_figures(
     meter: Any,
     threads: int,
@@ -499,6 +527,10 @@ def profile_this_machine(
             "compute_efficiency": "measured conv GFLOP/s / estimated fp32 peak",
             "node_overhead_us": "measured: chain of 16 vs 1 tiny Adds",
             "run_overhead_us": "measured: one call of a one-node model, minus one node",
+            "boundary_us_per_mb": (
+                "measured: one-op model minus its op and the fixed costs, per MB of its inputs and "
+                "output, median per class"
+            ),
             "idle_w": power_source,
             "active_w": power_source,
             "memory_bytes": "psutil: total RAM of this machine",
@@ -527,6 +559,7 @@ def profile_this_machine(
         "run_overhead_us": round(overheads["run_us"], 3),
         "measured_gflops": measured_gflops,
         "measured_points": curves,
+        "boundary_us_per_mb": _boundary_figures(results, overheads),
         "measured_power": measured_power,
         "power_rails": list(base.power_rails) if base else [],
         "power_calibration": base.power_calibration if base else 1.0,
@@ -579,14 +612,18 @@ def _power_model(
 # -- the cached profile of this machine --------------------------------------------------------
 
 
+#: bumped when profiles gain a measured field, so that older cached profiles are measured again
+_CACHE_FORMAT = 2
+
+
 def local_profile_path(threads: int = 1, providers: Sequence[str] = ("cpu",)) -> Path:
     """Where ``local_profile`` caches this machine's profile: keyed by CPU model, thread count,
-    execution providers and ONNX Runtime version (a new runtime may be faster)."""
+    execution providers, ONNX Runtime version (a new runtime may be faster) and cache format."""
     import onnxruntime as ort
 
     from splitpipe._env import cache_dir
 
-    key = f"{cpu_model()}|{threads}|{','.join(providers)}|{ort.__version__}"
+    key = f"{cpu_model()}|{threads}|{','.join(providers)}|{ort.__version__}|{_CACHE_FORMAT}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     folder = cache_dir() / "profiles"
     folder.mkdir(parents=True, exist_ok=True)

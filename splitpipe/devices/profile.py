@@ -58,6 +58,11 @@ class DeviceProfile:
     measured_gflops: dict[str, float] = field(default_factory=dict)
     #: per operator class, the measured points as [FLOPs of one op, achieved GFLOP/s], sorted
     measured_points: dict[str, list[list[float]]] = field(default_factory=dict)
+    #: per operator class, the cost of a tensor that enters or leaves a separately run graph
+    #: (a head, a tail) at a node of that class, microseconds per MB (1e6 bytes): the input
+    #: copy, layout reorders (NCHWc on x86) and output write that no node inside a model pays.
+    #: Measured by ``splitpipe profile``; empty: not modelled.
+    boundary_us_per_mb: dict[str, float] = field(default_factory=dict)
     #: True where power figures come from a meter on the device, not from public data
     measured_power: bool = False
     #: power-monitor rails whose sum is the board's input power (Jetson INA3221 labels)
@@ -206,6 +211,15 @@ def profile_from_json(data: dict[str, Any], origin: str) -> DeviceProfile:
             origin, f"measured_points.{key}", ok, "a list of [flops, gflops] pairs of positive numbers", rows
         )
         clean_points[key] = sorted([float(r[0]), float(r[1])] for r in rows)
+    boundary = data.get("boundary_us_per_mb", {})
+    _check(origin, "boundary_us_per_mb", isinstance(boundary, dict), "an object", boundary)
+    bad = sorted(set(boundary) - set(OP_CLASSES))
+    if bad:
+        raise SplitpipeError(
+            f"{origin}: unknown operator class(es) {bad} in 'boundary_us_per_mb'; accepted: {list(OP_CLASSES)}"
+        )
+    for key, value in boundary.items():
+        _check(origin, f"boundary_us_per_mb.{key}", _is_number(value) and value >= 0, "a number >= 0", value)
     for key in ("runtimes", "power_rails"):
         if key in data:
             value = data[key]
@@ -241,6 +255,7 @@ def profile_from_json(data: dict[str, Any], origin: str) -> DeviceProfile:
     fields["measured_points"] = clean_points
     fields["peak_gflops"] = {k: float(v) for k, v in peak.items()}
     fields["measured_gflops"] = {k: float(v) for k, v in measured.items()}
+    fields["boundary_us_per_mb"] = {k: float(v) for k, v in boundary.items()}
     return DeviceProfile(**fields)
 
 

@@ -153,6 +153,8 @@ def test_quick_profile_of_this_machine() -> None:
     assert seen[0][0] == "overheads" and seen[-1][0] == "done"
     for cls in OP_CLASSES:
         assert profile.achieved_gflops(cls, 1e6) is not None
+    assert set(profile.boundary_us_per_mb) <= set(OP_CLASSES)
+    assert all(v >= 0 for v in profile.boundary_us_per_mb.values())
     # it is a valid profile file
     again = profile_from_json(json.loads(json.dumps(profile.to_json())), "round trip")
     assert again == profile
@@ -211,3 +213,36 @@ def test_copy_bandwidth_threads() -> None:
     one = microbench.copy_bandwidth_gbs(nbytes=8 << 20, threads=1, repeats=2)
     two = microbench.copy_bandwidth_gbs(nbytes=8 << 20, threads=2, repeats=2)
     assert one > 0 and two > 0
+
+
+def test_boundary_rates_are_what_the_one_op_model_costs_beyond_its_op() -> None:
+    """x1 = op + fixed costs + edge work; the edge work per MB of inputs and output, median over
+    the half of a class's points with the least op time per MB; noisy points and points too
+    small to say anything are left out."""
+    from splitpipe.devices.microbench import _boundary_figures
+
+    by_name = {p.name: p for p in POINTS}
+    overheads = {"run_us": 5.0, "node_us": 1.0}
+
+    def row(name: str, edge_us: float, noisy: bool = False) -> dict[str, object]:
+        p = by_name[name]
+        return {
+            "name": name,
+            "op_class": p.op_class,
+            "op_ms": 0.5,
+            "x1_ms": 0.5 + (6.0 + edge_us) / 1e3,
+            "noisy": noisy,
+        }
+
+    mb = {n: by_name[n].bytes_moved / 1e6 for n in by_name}
+    rows = [
+        row("conv1x1_c64_h56", 10 * mb["conv1x1_c64_h56"]),
+        # 0.5 ms over 0.4 MB: the most op time per MB of the three, so not used
+        row("conv1x1_c256_h14", 90 * mb["conv1x1_c256_h14"]),
+        row("conv3x3_c64_h56", 20 * mb["conv3x3_c64_h56"]),
+        row("add_c256_h56", 2 * mb["add_c256_h56"]),
+        row("add_c64_h56", 0.0, noisy=True),
+        row("matmul_m1_k1024", 500.0),  # 8 kB of edges: too small to count
+    ]
+    rates = _boundary_figures(rows, overheads)
+    assert rates == {"conv": pytest.approx(15.0), "elementwise": pytest.approx(2.0)}

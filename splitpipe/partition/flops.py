@@ -129,6 +129,43 @@ def nodes_ms(graph: Graph, mask: int, profile: DeviceProfile, stream_weights: bo
     )
 
 
+def boundary_ms(graph: Graph, mask: int, profile: DeviceProfile) -> float:
+    """What running the nodes in ``mask`` as their own graph (a head, a tail) costs at its ends:
+    every tensor it reads from outside, at the rate of the class of its most expensive consumer
+    inside (one reorder serves them all), and every tensor it hands out, at the rate of its
+    producer's class (``DeviceProfile.boundary_us_per_mb``; 0 where the profile has none)."""
+    rates = profile.boundary_us_per_mb
+    if not rates:
+        return 0.0
+    default = rates.get("elementwise", 0.0)
+
+    def rate(k: int) -> float:
+        return rates.get(node_cost(graph, k).op_class, default)
+
+    produced: dict[str, int] = {}
+    for k in graph.members(mask):
+        for name in graph.node(k).output:
+            if name:
+                produced[name] = k
+    us = 0.0
+    read: set[str] = set()
+    for k in graph.members(mask):
+        for name in graph.node_inputs[graph.nodes[k]]:
+            if name in produced or name in graph.constants or name in read:
+                continue
+            read.add(name)
+            us += (
+                graph.info(name).nbytes
+                / 1e6
+                * max(rate(c) for c in graph.members(graph.consumers[name] & mask))
+            )
+    outputs = set(graph.outputs)
+    for name, k in produced.items():
+        if graph.consumers.get(name, 0) & ~mask or name in outputs:
+            us += graph.info(name).nbytes / 1e6 * rate(k)
+    return us * 1e-3
+
+
 def total_flops(graph: Graph, mask: int) -> int:
     return sum(node_cost(graph, k).flops for k in graph.members(mask))
 

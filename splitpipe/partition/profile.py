@@ -10,8 +10,8 @@ are scaled to sum to the whole model timed as one session, and the scale is repo
 whose head does not contain the previous one, and every cut in ``direct`` mode, are timed as
 their own head and tail models (slower, no scaling).
 
-Analytic mode sums per-node roofline times from a device profile (``flops.node_ms``) and is
-always flagged estimated.
+Analytic mode sums per-node roofline times from a device profile (``flops.node_ms``), plus
+what a head or tail pays at its ends (``flops.boundary_ms``), and is always flagged estimated.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 from splitpipe.devices.profile import DeviceProfile
 from splitpipe.devices.runtimes.ort import OrtRunner
 from splitpipe.partition.cuts import Cut, is_chain
-from splitpipe.partition.flops import nodes_ms
+from splitpipe.partition.flops import boundary_ms, nodes_ms
 from splitpipe.partition.graph import Graph, random_feed
 from splitpipe.partition.split import head_model, save_beside, segment_model, tail_model, wire_name
 
@@ -213,13 +213,17 @@ def measure(
 def analytic(graph: Graph, cuts: list[Cut], profile: DeviceProfile) -> Timings:
     """Per-node roofline estimates from a device profile; flagged estimated."""
     call = profile.run_overhead_us * 1e-3  # one runtime call per head, tail or whole model
-    head = {c.id: nodes_ms(graph, c.head, profile) + call for c in cuts}
-    tail = {c.id: nodes_ms(graph, graph.full & ~c.head, profile) + call for c in cuts}
+
+    def run_ms(mask: int) -> float:
+        return nodes_ms(graph, mask, profile) + boundary_ms(graph, mask, profile) + call
+
+    head = {c.id: run_ms(c.head) for c in cuts}
+    tail = {c.id: run_ms(graph.full & ~c.head) for c in cuts}
     kind = "calibrated by measured operator throughput" if profile.measured else "from peak figures"
     return Timings(
         head_ms=head,
         tail_ms=tail,
-        full_ms=nodes_ms(graph, graph.full, profile) + call,
+        full_ms=run_ms(graph.full),
         estimated=True,
         method=f"analytic roofline on profile {profile.name} ({kind})",
     )

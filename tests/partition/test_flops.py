@@ -1,0 +1,54 @@
+"""The analytic cost model's terms on hand-built graphs with known sizes."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from splitpipe.devices.profile import load_profile
+from splitpipe.partition.flops import boundary_ms
+from splitpipe.partition.load import normalize
+from tests.partition.graphs import graph_of
+
+RATES = {"conv": 20.0, "elementwise": 2.0}
+
+
+def _conv_relu_sigmoid(tmp: Path):  # type: ignore[no-untyped-def]
+    """x (1,8,16,16) -> Conv c -> Relu r -> Sigmoid y, all (1,8,16,16)."""
+    shape = [1, 8, 16, 16]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["r"]),
+            helper.make_node("Sigmoid", ["r"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        initializer=[numpy_helper.from_array(np.ones((8, 8, 3, 3), np.float32), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    return graph_of(normalize(model, {"x": tuple(shape)}), tmp)
+
+
+def test_boundary_charges_tensors_entering_and_leaving_at_their_nodes_rates(tmp_path: Path) -> None:
+    graph = _conv_relu_sigmoid(tmp_path)
+    mb = 8 * 16 * 16 * 4 / 1e6  # every activation here
+    profile = dataclasses.replace(load_profile("rpi4"), boundary_us_per_mb=RATES)
+    conv, relu, sig = (1 << k for k in range(3))
+    # the conv alone: x in at the conv's rate, c out at the conv's rate; the weight is no edge
+    assert boundary_ms(graph, conv, profile) == pytest.approx(2 * mb * 20.0e-3)
+    # conv + relu (a head): x in (conv), r out (relu: elementwise)
+    assert boundary_ms(graph, conv | relu, profile) == pytest.approx(mb * 20.0e-3 + mb * 2.0e-3)
+    # the sigmoid alone (a tail): r in, y out, both elementwise
+    assert boundary_ms(graph, sig, profile) == pytest.approx(2 * mb * 2.0e-3)
+    # the whole model pays for its input and output only
+    assert boundary_ms(graph, graph.full, profile) == pytest.approx(mb * 20.0e-3 + mb * 2.0e-3)
+    # a class without a rate falls back to elementwise's; no rates at all: no term
+    pool_only = dataclasses.replace(profile, boundary_us_per_mb={"elementwise": 2.0})
+    assert boundary_ms(graph, conv, pool_only) == pytest.approx(2 * mb * 2.0e-3)
+    assert boundary_ms(graph, conv, load_profile("rpi4")) == 0.0

@@ -2,7 +2,13 @@
 
 FLOP convention (shared with ``splitpipe profile``'s micro-benchmarks): one FLOP per multiply
 and per add, so a convolution is 2*N*Cout*Hout*Wout*(Cin/groups)*kh*kw, a matmul 2*M*N*K, an
-elementwise op one per output element, a pooling op one per output element and kernel tap.
+elementwise op one per output element (several for exp, divisions, statistics), a pooling op
+one per output element and kernel tap.
+
+Elementwise ops are timed differently from how their FLOPs are counted: runtimes vectorise them
+and they are mostly memory-bound, so with ONNX Runtime on x86 a Sigmoid costs 1.4 Adds, not the
+four its FLOPs say (measured: bench/elementwise.py). The rate the profile measures for the class comes from Adds, and
+each op's time is its output elements times its measured cost in Adds (``_ELEMENTWISE_ADDS``).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ _REDUCE = {
     "ReduceL1",
     "ReduceLogSumExp",
 }
-# Ops costing several FLOPs per output element (exp, divisions, statistics).
+# FLOPs per output element of ops costing several (exp, divisions, statistics).
 _HEAVY_ELEMENTWISE = {
     "Softmax": 5,
     "LogSoftmax": 5,
@@ -47,6 +53,32 @@ _HEAVY_ELEMENTWISE = {
     "Pow": 4,
 }
 
+# What one output element of an op costs in Adds (two inputs, one output) with ONNX Runtime 1.31
+# on an x86 CPU (AVX-512), one thread: per op the median over 1x256x56x56, 1x64x28x28 and
+# 1x960x7x7, then the median of five runs of bench/elementwise.py, rounded. Ops not listed cost
+# one Add. The normalisations and softmaxes grow with the length of the normalised axis (1.4 to
+# 8 Adds for a Softmax over 56 to 960 values); these figures are for the shapes of CNNs.
+_ELEMENTWISE_ADDS = {
+    "Relu": 0.8,
+    "BatchNormalization": 0.8,
+    "Exp": 0.8,
+    "Clip": 0.8,
+    "Sqrt": 1.0,
+    "HardSigmoid": 1.1,
+    "Tanh": 1.3,
+    "Sigmoid": 1.4,
+    "InstanceNormalization": 1.4,
+    "GroupNormalization": 1.4,
+    "HardSwish": 1.7,
+    "Erf": 2.0,
+    "Gelu": 2.4,
+    "Softmax": 4.0,
+    "LogSoftmax": 5.0,
+    "LayerNormalization": 5.3,
+    "Log": 5.7,
+    "Pow": 19.5,
+}
+
 
 @dataclass(frozen=True)
 class NodeCost:
@@ -55,6 +87,9 @@ class NodeCost:
     op_class: str
     #: bytes of the weights (initializers) the node reads, part of ``bytes``
     weight_bytes: int = 0
+    #: the FLOPs the device's measured rate is applied to, where they differ from ``flops``
+    #: (elementwise ops: output elements x the op's cost in Adds)
+    timed_flops: int | None = None
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -94,7 +129,9 @@ def node_cost(graph: Graph, k: int) -> NodeCost:
         return NodeCost(_numel(ins[0].shape) if ins else out_elems, moved, "pool")
     if op in _VIEWS:
         return NodeCost(0, 0, "elementwise")
-    return NodeCost(out_elems * _HEAVY_ELEMENTWISE.get(op, 1), moved, "elementwise", weights)
+    flops = out_elems * _HEAVY_ELEMENTWISE.get(op, 1)
+    timed = round(out_elems * _ELEMENTWISE_ADDS.get(op, 1.0))
+    return NodeCost(flops, moved, "elementwise", weights, timed)
 
 
 def node_ms(
@@ -113,10 +150,11 @@ def node_ms(
     achievable fraction.
     """
     overhead_s = profile.node_overhead_us * 1e-6
-    rate = profile.achieved_gflops(cost.op_class, cost.flops)
+    work = cost.flops if cost.timed_flops is None else cost.timed_flops
+    rate = profile.achieved_gflops(cost.op_class, work)
     if rate:
         weights_s = cost.weight_bytes / (profile.mem_bandwidth_gbs * 1e9) if stream_weights else 0.0
-        return (cost.flops / (rate * 1e9) + weights_s + overhead_s) * 1e3
+        return (work / (rate * 1e9) + weights_s + overhead_s) * 1e3
     peak = profile.peak_gflops.get(precision, profile.peak_gflops["fp32"])
     compute_s = cost.flops / (peak * profile.compute_efficiency * 1e9)
     memory_s = cost.bytes / (profile.mem_bandwidth_gbs * 1e9 * profile.memory_efficiency)
@@ -124,6 +162,8 @@ def node_ms(
 
 
 def nodes_ms(graph: Graph, mask: int, profile: DeviceProfile, stream_weights: bool = True) -> float:
+    """The nodes in ``mask``: the sum of their ``node_ms``. Activations that runtimes fuse into
+    the preceding convolution are counted too; see docs/devices.md for why."""
     return sum(
         node_ms(node_cost(graph, k), profile, stream_weights=stream_weights) for k in graph.members(mask)
     )

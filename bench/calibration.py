@@ -38,18 +38,22 @@ sys.path.insert(0, str(ROOT))
 
 MODELS = "resnet50,mobilenet_v3_large,efficientnet_b0,googlenet,densenet121,resnet18"
 #: the errors collected: per segment against the chain timings (calibrated; without the
-#: weight-streaming term of flops.node_ms; without the boundary term flops.boundary_ms; the
+#: weight-streaming term of flops.node_ms; without the boundary term flops.boundary_ms; with
+#: elementwise ops timed by their FLOPs instead of their measured cost in Adds, "by_flops"; the
 #: uncalibrated profile), per segment against the warm timings (calibrated; without the
 #: boundary term), and per head (with and without the weight-streaming term)
 KINDS = (
     "segment",
     "no_weight_stream",
     "no_boundary",
+    "by_flops",
     "uncalibrated",
     "warm",
     "warm_no_boundary",
+    "warm_by_flops",
     "head",
     "head_no_weight_stream",
+    "head_by_flops",
 )
 WARM_RUNS, WARM_WARMUP = 15, 3
 
@@ -84,6 +88,17 @@ def _warm_segment_ms(graph: Any, ends: list[int], threads: int) -> list[float]:
         out_ms.append(statistics.median(times))
         prev = end
     return out_ms
+
+
+def _by_flops_ms(graph: Any, mask: int, profile: Any) -> float:
+    """``nodes_ms`` with every elementwise op timed by its FLOPs (``flops._HEAVY_ELEMENTWISE``)
+    instead of its measured cost in Adds, as the model was before."""
+    from unittest import mock
+
+    from splitpipe.partition import flops
+
+    with mock.patch.dict(flops._ELEMENTWISE_ADDS, flops._HEAVY_ELEMENTWISE, clear=True):
+        return flops.nodes_ms(graph, mask, profile)
 
 
 def _err(pred: float, meas: float) -> float:
@@ -123,7 +138,7 @@ def main() -> int:
         ends = [*(c.head for c in cuts), a.graph.full]
         warm_ms = _warm_segment_ms(a.graph, ends, threads=1)
         mine: dict[str, list[float]] = {k: [] for k in KINDS}
-        prev, head_pred, head_bare = 0, 0.0, 0.0
+        prev = 0
         for i, (end, meas, warm) in enumerate(zip(ends, seg_ms, warm_ms, strict=True)):
             mask = end & ~prev
             prev = end
@@ -131,20 +146,21 @@ def main() -> int:
             edges = boundary_ms(a.graph, mask, profile)
             mine["segment"].append(_err(nodes + edges + run, meas))
             mine["no_boundary"].append(_err(nodes + run, meas))
+            by_flops = _by_flops_ms(a.graph, mask, profile) + edges + run
+            mine["by_flops"].append(_err(by_flops, meas))
+            mine["warm_by_flops"].append(_err(by_flops, warm))
             mine["warm"].append(_err(nodes + edges + run, warm))
             mine["warm_no_boundary"].append(_err(nodes + run, warm))
             bare = nodes_ms(a.graph, mask, profile, stream_weights=False)
             mine["no_weight_stream"].append(_err(bare + edges + run, meas))
             mine["uncalibrated"].append(_err(nodes_ms(a.graph, mask, uncalibrated) + run, meas))
-            # a head runs as one graph: its nodes, and the edges of the head as a whole
-            head_pred += nodes
-            head_bare += bare
-            if i < len(cuts):
-                head_edges = boundary_ms(a.graph, end, profile)
-                mine["head"].append(_err(head_pred + head_edges + run, timings.head_ms[cuts[i].id]))
-                mine["head_no_weight_stream"].append(
-                    _err(head_bare + head_edges + run, timings.head_ms[cuts[i].id])
-                )
+            if i < len(cuts):  # a head runs as one graph: its nodes and its edges as a whole
+                head_edges = boundary_ms(a.graph, end, profile) + run
+                head_ms = timings.head_ms[cuts[i].id]
+                mine["head"].append(_err(nodes_ms(a.graph, end, profile) + head_edges, head_ms))
+                head_bare = nodes_ms(a.graph, end, profile, stream_weights=False)
+                mine["head_no_weight_stream"].append(_err(head_bare + head_edges, head_ms))
+                mine["head_by_flops"].append(_err(_by_flops_ms(a.graph, end, profile) + head_edges, head_ms))
         full_edges = boundary_ms(a.graph, a.graph.full, profile)
         whole_pred = nodes_ms(a.graph, a.graph.full, profile) + full_edges + run
         whole_bare = nodes_ms(a.graph, a.graph.full, profile, stream_weights=False) + full_edges + run
@@ -156,6 +172,9 @@ def main() -> int:
             "whole_error": _err(whole_pred, timings.full_ms),
             "whole_predicted_no_weight_stream_ms": whole_bare,
             "whole_error_no_weight_stream": _err(whole_bare, timings.full_ms),
+            "whole_error_by_flops": _err(
+                _by_flops_ms(a.graph, a.graph.full, profile) + full_edges + run, timings.full_ms
+            ),
             **{f"{k}_error_median": statistics.median(v) for k, v in mine.items()},
         }
         rows.append(row)
@@ -163,10 +182,12 @@ def main() -> int:
             errors[k] += v
         print(
             f"{name:20s} whole {timings.full_ms:7.1f} ms measured, {whole_pred:7.1f} predicted "
-            f"({row['whole_error']:.0%}; without weight streaming {row['whole_error_no_weight_stream']:.0%}); "
+            f"({row['whole_error']:.0%}; without weight streaming {row['whole_error_no_weight_stream']:.0%}, "
+            f"elementwise by FLOPs {row['whole_error_by_flops']:.0%}); "
             f"{len(seg_ms)} segments: median error {row['segment_error_median']:.0%} chain, "
             f"{row['warm_error_median']:.0%} warm (without boundary term {row['no_boundary_error_median']:.0%} / "
-            f"{row['warm_no_boundary_error_median']:.0%}; without weight streaming "
+            f"{row['warm_no_boundary_error_median']:.0%}; elementwise by FLOPs {row['by_flops_error_median']:.0%}; "
+            f"without weight streaming "
             f"{row['no_weight_stream_error_median']:.0%}; uncalibrated {row['uncalibrated_error_median']:.0%}); "
             f"heads: median {row['head_error_median']:.0%} (without {row['head_no_weight_stream_error_median']:.0%})"
         )
@@ -179,6 +200,7 @@ def main() -> int:
         summary[f"{k}_error_median"] = statistics.median(v)
         summary[f"{k}_error_p90"] = pct(v, 90)
     summary["whole_error_median"] = statistics.median(r["whole_error"] for r in rows)
+    summary["whole_error_by_flops_median"] = statistics.median(r["whole_error_by_flops"] for r in rows)
     summary["whole_error_no_weight_stream_median"] = statistics.median(
         r["whole_error_no_weight_stream"] for r in rows
     )
@@ -187,14 +209,18 @@ def main() -> int:
         f"{summary['segment_error_median']:.0%}, p90 {summary['segment_error_p90']:.0%} "
         f"(without the boundary term {summary['no_boundary_error_median']:.0%}); against warm timings: "
         f"median {summary['warm_error_median']:.0%}, p90 {summary['warm_error_p90']:.0%} "
-        f"(without the boundary term {summary['warm_no_boundary_error_median']:.0%}); (without weight streaming "
+        f"(without the boundary term {summary['warm_no_boundary_error_median']:.0%}, elementwise by FLOPs "
+        f"{summary['warm_by_flops_error_median']:.0%}, p90 {summary['warm_by_flops_error_p90']:.0%}); (elementwise by FLOPs {summary['by_flops_error_median']:.0%}, "
+        f"p90 {summary['by_flops_error_p90']:.0%}; without weight streaming "
         f"{summary['no_weight_stream_error_median']:.0%}, p90 {summary['no_weight_stream_error_p90']:.0%}); "
         f"uncalibrated (peak x efficiency): median {summary['uncalibrated_error_median']:.0%}; "
         f"heads: median {summary['head_error_median']:.0%}, p90 {summary['head_error_p90']:.0%} "
         f"(without weight streaming {summary['head_no_weight_stream_error_median']:.0%}, "
-        f"p90 {summary['head_no_weight_stream_error_p90']:.0%}); "
+        f"p90 {summary['head_no_weight_stream_error_p90']:.0%}; elementwise by FLOPs "
+        f"{summary['head_by_flops_error_median']:.0%}, p90 {summary['head_by_flops_error_p90']:.0%}); "
         f"whole models: median {summary['whole_error_median']:.0%} "
-        f"(without weight streaming {summary['whole_error_no_weight_stream_median']:.0%})"
+        f"(without weight streaming {summary['whole_error_no_weight_stream_median']:.0%}, elementwise by "
+        f"FLOPs {summary['whole_error_by_flops_median']:.0%})"
     )
     out = {
         "profile_s": profile_s,

@@ -129,6 +129,18 @@ def _check(origin: str, key: str, ok: bool, want: str, got: Any) -> None:
         raise SplitpipeError(f"{origin}: field {key!r} must be {want}, got {got!r}")
 
 
+def _per_class(data: dict[str, Any], origin: str, key: str) -> dict[str, Any]:
+    """``data[key]`` (default empty): an object keyed by operator classes."""
+    value = data.get(key, {})
+    _check(origin, key, isinstance(value, dict), "an object", value)
+    bad = sorted(set(value) - set(OP_CLASSES))
+    if bad:
+        raise SplitpipeError(
+            f"{origin}: unknown operator class(es) {bad} in '{key}'; accepted: {list(OP_CLASSES)}"
+        )
+    return dict(value)
+
+
 def profile_from_json(data: dict[str, Any], origin: str) -> DeviceProfile:
     """Validate a profile's JSON object; errors are one line naming the file and the field."""
     if not isinstance(data, dict):
@@ -186,22 +198,10 @@ def profile_from_json(data: dict[str, Any], origin: str) -> DeviceProfile:
         )
     for key, value in peak.items():
         _check(origin, f"peak_gflops.{key}", _is_number(value) and value > 0, "a positive number", value)
-    measured = data.get("measured_gflops", {})
-    _check(origin, "measured_gflops", isinstance(measured, dict), "an object", measured)
-    bad = sorted(set(measured) - set(OP_CLASSES))
-    if bad:
-        raise SplitpipeError(
-            f"{origin}: unknown operator class(es) {bad} in 'measured_gflops'; accepted: {list(OP_CLASSES)}"
-        )
+    measured = _per_class(data, origin, "measured_gflops")
     for key, value in measured.items():
         _check(origin, f"measured_gflops.{key}", _is_number(value) and value > 0, "a positive number", value)
-    points = data.get("measured_points", {})
-    _check(origin, "measured_points", isinstance(points, dict), "an object", points)
-    bad = sorted(set(points) - set(OP_CLASSES))
-    if bad:
-        raise SplitpipeError(
-            f"{origin}: unknown operator class(es) {bad} in 'measured_points'; accepted: {list(OP_CLASSES)}"
-        )
+    points = _per_class(data, origin, "measured_points")
     clean_points: dict[str, list[list[float]]] = {}
     for key, rows in points.items():
         ok = isinstance(rows, list) and all(
@@ -211,13 +211,7 @@ def profile_from_json(data: dict[str, Any], origin: str) -> DeviceProfile:
             origin, f"measured_points.{key}", ok, "a list of [flops, gflops] pairs of positive numbers", rows
         )
         clean_points[key] = sorted([float(r[0]), float(r[1])] for r in rows)
-    boundary = data.get("boundary_us_per_mb", {})
-    _check(origin, "boundary_us_per_mb", isinstance(boundary, dict), "an object", boundary)
-    bad = sorted(set(boundary) - set(OP_CLASSES))
-    if bad:
-        raise SplitpipeError(
-            f"{origin}: unknown operator class(es) {bad} in 'boundary_us_per_mb'; accepted: {list(OP_CLASSES)}"
-        )
+    boundary = _per_class(data, origin, "boundary_us_per_mb")
     for key, value in boundary.items():
         _check(origin, f"boundary_us_per_mb.{key}", _is_number(value) and value >= 0, "a number >= 0", value)
     for key in ("runtimes", "power_rails"):

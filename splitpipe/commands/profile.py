@@ -148,6 +148,9 @@ def _summary(profile: Any, out: Path) -> None:
     say(f"  memory copy  {profile.mem_bandwidth_gbs:10.2f} GB/s     (measured)\n")
     say(f"  per node     {profile.node_overhead_us:10.2f} us       (measured)\n")
     say(f"  per call     {profile.run_overhead_us:10.2f} us       (measured)\n")
+    if profile.boundary_us_per_mb:
+        edges = ", ".join(f"{cls} {v:.3g}" for cls, v in profile.boundary_us_per_mb.items())
+        say(f"  graph edges  {edges} us/MB (measured)\n")
     tag = "measured" if profile.measured_power else "NOT measured: " + profile.sources.get("idle_w", "")
     say(f"  power        {profile.idle_w:g} W idle, {profile.active_w:g} W loaded ({tag})\n")
     noisy = [p["name"] for p in m["points"] if p["noisy"]]

@@ -138,12 +138,13 @@ def main() -> int:
         ends = [*(c.head for c in cuts), a.graph.full]
         warm_ms = _warm_segment_ms(a.graph, ends, threads=1)
         mine: dict[str, list[float]] = {k: [] for k in KINDS}
-        prev = 0
+        prev, predicted = 0, []
         for i, (end, meas, warm) in enumerate(zip(ends, seg_ms, warm_ms, strict=True)):
             mask = end & ~prev
             prev = end
             nodes = nodes_ms(a.graph, mask, profile)
             edges = boundary_ms(a.graph, mask, profile)
+            predicted.append(nodes + edges + run)
             mine["segment"].append(_err(nodes + edges + run, meas))
             mine["no_boundary"].append(_err(nodes + run, meas))
             by_flops = _by_flops_ms(a.graph, mask, profile) + edges + run
@@ -167,6 +168,8 @@ def main() -> int:
         row = {
             "model": name,
             "segments": len(seg_ms),
+            # per segment, in order: measured in the chain, measured warm, predicted
+            "segment_ms": {"chain": seg_ms, "warm": warm_ms, "predicted": predicted},
             "whole_measured_ms": timings.full_ms,
             "whole_predicted_ms": whole_pred,
             "whole_error": _err(whole_pred, timings.full_ms),

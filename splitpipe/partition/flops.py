@@ -182,27 +182,20 @@ def boundary_ms(graph: Graph, mask: int, profile: DeviceProfile) -> float:
     def rate(k: int) -> float:
         return rates.get(node_cost(graph, k).op_class, default)
 
-    produced: dict[str, int] = {}
-    for k in graph.members(mask):
-        for name in graph.node(k).output:
-            if name:
-                produced[name] = k
+    outputs = set(graph.outputs)
     us = 0.0
     read: set[str] = set()
     for k in graph.members(mask):
         for name in graph.node_inputs[graph.nodes[k]]:
-            if name in produced or name in graph.constants or name in read:
+            p = graph.producer.get(name)
+            if name in read or name in graph.constants or (p is not None and mask >> p & 1):
                 continue
             read.add(name)
-            us += (
-                graph.info(name).nbytes
-                / 1e6
-                * max(rate(c) for c in graph.members(graph.consumers[name] & mask))
-            )
-    outputs = set(graph.outputs)
-    for name, k in produced.items():
-        if graph.consumers.get(name, 0) & ~mask or name in outputs:
-            us += graph.info(name).nbytes / 1e6 * rate(k)
+            consumers = graph.members(graph.consumers[name] & mask)
+            us += graph.info(name).nbytes / 1e6 * max(rate(c) for c in consumers)
+        for name in graph.node(k).output:
+            if name and (graph.consumers.get(name, 0) & ~mask or name in outputs):
+                us += graph.info(name).nbytes / 1e6 * rate(k)
     return us * 1e-3
 
 

@@ -62,30 +62,22 @@ def _warm_segment_ms(graph: Any, ends: list[int], threads: int) -> list[float]:
     """Each segment timed alone, again and again on its inputs from one run of the chain."""
     from splitpipe.devices.runtimes.ort import OrtRunner
     from splitpipe.partition.graph import random_feed
+    from splitpipe.partition.profile import MeasureOptions, _time_runner
     from splitpipe.partition.split import save_beside, segment_model
 
+    opts = MeasureOptions(threads=threads, warmup=WARM_WARMUP, repeats=WARM_RUNS)
     values = dict(random_feed(graph.info(t) for t in graph.inputs))
     out_ms, prev = [], 0
     for i, end in enumerate(ends):
         model, reads, _ = segment_model(graph, prev, end)
         path = save_beside(model, graph, f"warm_segment_{i}.onnx")
         try:
-            runner = OrtRunner(path, threads=threads)
-            runner.activate()
+            with OrtRunner(path, threads=threads) as runner:
+                ms, outs = _time_runner(runner, {t: values[t] for t in reads}, opts)
         finally:
             path.unlink(missing_ok=True)
-        try:
-            feed = {t: values[t] for t in reads}
-            values.update(runner.infer(feed, check=False))
-            times = []
-            for j in range(WARM_WARMUP + WARM_RUNS):
-                t0 = time.perf_counter()
-                runner.infer(feed, check=False)
-                if j >= WARM_WARMUP:
-                    times.append((time.perf_counter() - t0) * 1e3)
-        finally:
-            runner.deactivate()
-        out_ms.append(statistics.median(times))
+        values.update(outs)
+        out_ms.append(ms)
         prev = end
     return out_ms
 
@@ -144,13 +136,14 @@ def main() -> int:
             prev = end
             nodes = nodes_ms(a.graph, mask, profile)
             edges = boundary_ms(a.graph, mask, profile)
-            predicted.append(nodes + edges + run)
-            mine["segment"].append(_err(nodes + edges + run, meas))
+            pred = nodes + edges + run
+            predicted.append(pred)
+            mine["segment"].append(_err(pred, meas))
             mine["no_boundary"].append(_err(nodes + run, meas))
             by_flops = _by_flops_ms(a.graph, mask, profile) + edges + run
             mine["by_flops"].append(_err(by_flops, meas))
             mine["warm_by_flops"].append(_err(by_flops, warm))
-            mine["warm"].append(_err(nodes + edges + run, warm))
+            mine["warm"].append(_err(pred, warm))
             mine["warm_no_boundary"].append(_err(nodes + run, warm))
             bare = nodes_ms(a.graph, mask, profile, stream_weights=False)
             mine["no_weight_stream"].append(_err(bare + edges + run, meas))

@@ -12,7 +12,6 @@ bench/results/elementwise-*.json. Numbers are noisy on a shared machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -24,6 +23,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import _kernels_util as util  # noqa: E402
 
 SIZES = ((256, 56), (64, 28), (960, 7))
 #: op, inputs (the rest of an op's inputs are per-channel initializers of ones)
@@ -113,16 +115,13 @@ def main() -> int:
             f"{op:22s} " + "  ".join(f"{r:5.2f}" for r in ratios) + f"   median {row['median']:5.2f}"
             f"   planner {row['planner']:5.2f}"
         )
-    results = ROOT / "bench" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    path = results / f"elementwise-{time.strftime('%Y%m%d-%H%M%S')}.json"
     data = {
         "sizes": SIZES,
         "threads": args.threads,
         "load_before": load_before,
         "load_after": os.getloadavg(),
     }
-    path.write_text(json.dumps({**data, "ops": rows}, indent=1))
+    path = util.write_json("elementwise", {**data, "machine": util.machine(), "ops": rows})
     print(f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}; wrote {path}")
     return 0
 

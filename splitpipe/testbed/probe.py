@@ -316,12 +316,22 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "link":
         # RTT first, on an idle link; the bulk transfers leave up to a queue's worth behind
         out: dict[str, object] = {}
-        if args.rtt_count > 0:
-            out["rtt_ms"] = rtt(args.connect, args.rtt_count)
-        if args.downlink_s > 0:
-            out["downlink"] = downlink(args.connect, args.downlink_s)
-        if args.uplink_s > 0:
-            out["uplink"] = uplink(args.connect, args.uplink_s)
+        phases: list[tuple[str, Callable[[], object]]] = [
+            ("rtt_ms", lambda: rtt(args.connect, args.rtt_count)),
+            ("downlink", lambda: downlink(args.connect, args.downlink_s)),
+            ("uplink", lambda: uplink(args.connect, args.uplink_s)),
+        ]
+        wanted = {"rtt_ms": args.rtt_count > 0, "downlink": args.downlink_s > 0, "uplink": args.uplink_s > 0}
+        for name, phase in phases:
+            if not wanted[name]:
+                continue
+            t0 = time.monotonic()
+            try:
+                out[name] = phase()
+            except (OSError, ValueError) as exc:
+                # one line that says which phase failed and after how long
+                print(f"{name} failed after {time.monotonic() - t0:.1f} s: {exc!r}", file=sys.stderr)
+                return 1
         print(json.dumps(out), flush=True)
     elif args.cmd == "transfer":
         print(json.dumps(transfer(args.connect, args.sizes, args.repeat)), flush=True)

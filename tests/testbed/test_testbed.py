@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -239,6 +240,11 @@ def test_down_cleans_up_after_a_crash(make_testbed: MakeTestbed) -> None:
     tb = make_testbed("c", rate_mbit=10, rtt_ms=20, device_cpu=0.5)
     tb.up(measure=False)
     sleeper = tb.popen("device", ["sleep", "600"], start_new_session=True)
+    # its shell joins the cgroup a moment after the fork; a crash comes long after that
+    deadline = time.monotonic() + 10
+    while sleeper.pid not in tb.group("device").pids():
+        assert time.monotonic() < deadline, "the sleeper never joined the device cgroup"
+        time.sleep(0.01)
     relays = [p for p in tb.status().relays.values() if p is not None]
     for pid in relays:
         os.kill(pid, signal.SIGKILL)
@@ -266,3 +272,19 @@ def test_down_cleans_up_a_half_built_testbed(make_testbed: MakeTestbed) -> None:
 def test_attach_to_nothing_is_a_clear_error() -> None:
     with pytest.raises(SplitpipeError, match=f"no testbed named '{_RUN}none' is up"):
         Testbed.attach(f"{_RUN}none")
+
+
+def test_a_failing_link_probe_is_tried_twice_then_names_both(make_testbed: MakeTestbed) -> None:
+    tb = make_testbed("p", rate_mbit=10, rtt_ms=10)
+    tb.up(measure=False)
+    if tb.delay_method != "relay":
+        pytest.skip("netem: no relay to take away")
+    pid = tb.status().relays[tb.options.probe_port]
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(SplitpipeError) as err:
+        tb.measure(cpu=False)
+    message = str(err.value)
+    assert message.count("probe link failed (exit 1): rtt_ms failed after") == 2
+    assert "ConnectionRefusedError" in message and "the try before" in message
+    assert "\n" not in message

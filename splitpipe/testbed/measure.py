@@ -148,8 +148,17 @@ def measure_link(tb: Testbed, uplink_s: float, downlink_s: float, rtt_count: int
         with _probe_server(tb) as address:
             result: dict[str, Any] = _probe_client(
                 tb,
-                ["link", "--connect", address, "--uplink-s", str(uplink_s), "--downlink-s", str(downlink_s)]
-                + ["--rtt-count", str(rtt_count)],
+                [
+                    "link",
+                    "--connect",
+                    address,
+                    "--uplink-s",
+                    str(uplink_s),
+                    "--downlink-s",
+                    str(downlink_s),
+                    "--rtt-count",
+                    str(rtt_count),
+                ],
                 timeout_s=60 + uplink_s + downlink_s,
             )
         return result

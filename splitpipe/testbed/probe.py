@@ -316,14 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "link":
         # RTT first, on an idle link; the bulk transfers leave up to a queue's worth behind
         out: dict[str, object] = {}
-        phases: list[tuple[str, Callable[[], object]]] = [
-            ("rtt_ms", lambda: rtt(args.connect, args.rtt_count)),
-            ("downlink", lambda: downlink(args.connect, args.downlink_s)),
-            ("uplink", lambda: uplink(args.connect, args.uplink_s)),
+        phases: list[tuple[str, float, Callable[[], object]]] = [
+            ("rtt_ms", args.rtt_count, lambda: rtt(args.connect, args.rtt_count)),
+            ("downlink", args.downlink_s, lambda: downlink(args.connect, args.downlink_s)),
+            ("uplink", args.uplink_s, lambda: uplink(args.connect, args.uplink_s)),
         ]
-        wanted = {"rtt_ms": args.rtt_count > 0, "downlink": args.downlink_s > 0, "uplink": args.uplink_s > 0}
-        for name, phase in phases:
-            if not wanted[name]:
+        for name, amount, phase in phases:
+            if amount <= 0:
                 continue
             t0 = time.monotonic()
             try:

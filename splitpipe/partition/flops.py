@@ -7,8 +7,9 @@ one per output element and kernel tap.
 
 Elementwise ops are timed differently from how their FLOPs are counted: runtimes vectorise them
 and they are mostly memory-bound, so with ONNX Runtime on x86 a Sigmoid costs 1.4 Adds, not the
-four its FLOPs say (measured: bench/elementwise.py). The rate the profile measures for the class comes from Adds, and
-each op's time is its output elements times its measured cost in Adds (``_ELEMENTWISE_ADDS``).
+four its FLOPs say (measured: bench/elementwise.py). The rate the profile measures for the
+class comes from Adds, and each op's time is its output elements times its measured cost in
+Adds (``_ELEMENTWISE_ADDS``).
 """
 
 from __future__ import annotations

@@ -18,29 +18,21 @@ RATES = {"conv": 20.0, "elementwise": 2.0}
 SHAPE = [1, 8, 16, 16]
 
 
-def _graph(tmp: Path, nodes: list):  # type: ignore[no-untyped-def,type-arg]
-    """Nodes on x (1,8,16,16) with a 3x3 conv weight w; every tensor (1,8,16,16)."""
-    shape = SHAPE
+def _conv_relu_sigmoid(tmp: Path):  # type: ignore[no-untyped-def]
+    """x (1,8,16,16) -> Conv c -> Relu r -> Sigmoid y, all (1,8,16,16)."""
     graph = helper.make_graph(
-        nodes,
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["r"]),
+            helper.make_node("Sigmoid", ["r"], ["y"]),
+        ],
         "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, SHAPE)],
         initializer=[numpy_helper.from_array(np.ones((8, 8, 3, 3), np.float32), "w")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
-    return graph_of(normalize(model, {"x": tuple(shape)}), tmp)
-
-
-def _conv(out: str, inp: str = "x"):  # type: ignore[no-untyped-def]
-    return helper.make_node("Conv", [inp, "w"], [out], pads=[1, 1, 1, 1])
-
-
-def _conv_relu_sigmoid(tmp: Path):  # type: ignore[no-untyped-def]
-    """x -> Conv c -> Relu r -> Sigmoid y."""
-    return _graph(
-        tmp, [_conv("c"), helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Sigmoid", ["r"], ["y"])]
-    )
+    return graph_of(normalize(model, {"x": tuple(SHAPE)}), tmp)
 
 
 def test_boundary_charges_tensors_entering_and_leaving_at_their_nodes_rates(tmp_path: Path) -> None:

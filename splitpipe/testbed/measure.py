@@ -141,7 +141,7 @@ def measure_link(tb: Testbed, uplink_s: float, downlink_s: float, rtt_count: int
 
     A probe that fails is run once more, with a fresh server, after a warning that names the
     failure; a second failure is an error that names both. (In one CI run a connection
-    through the relay stalled for the socket's 30 s timeout; it did not recur in 40 runs here.)
+    through the relay stalled for the socket's 30 s timeout; it did not recur in 23 tries here.)
     """
 
     def probe() -> dict[str, Any]:

@@ -9,8 +9,10 @@ same weights instead of copying them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
+import io
 import json
 import logging
 import os
@@ -100,6 +102,20 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, without terminal colours (torch's exporter
+    colours its messages), or the exception's type where the message is empty."""
+    lines = _ANSI.sub("", str(exc)).strip().splitlines()
+    return lines[0].strip() if lines else type(exc).__name__
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {_first_line(exc)}"
+
+
 def _torch_module(spec: ModelSpec) -> Any:
     try:
         import torch
@@ -126,10 +142,20 @@ def _torch_module(spec: ModelSpec) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise SplitpipeError(f"cannot import {module_name!r} for model spec {spec.text!r}: {exc}") from None
+    except Exception as exc:  # the user's module failed while importing
+        raise SplitpipeError(
+            f"importing {module_name!r} for model spec {spec.text!r} failed: {_describe(exc)}"
+        ) from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise SplitpipeError(f"{module_name} has no callable {attr!r} (model spec {spec.text!r})")
-    model = factory()
+    try:
+        model = factory()
+    except Exception as exc:
+        raise SplitpipeError(
+            f"{spec.text}() failed: {_describe(exc)}; the factory is called with no arguments "
+            "and must return a torch.nn.Module"
+        ) from None
     if not isinstance(model, torch.nn.Module):
         raise SplitpipeError(f"{spec.text} returned {type(model).__name__}, expected a torch.nn.Module")
     return model
@@ -162,10 +188,29 @@ def _export_torch(module: Any, shape: tuple[int, ...]) -> onnx.ModelProto:
         with torch.no_grad():
             module(example)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SplitpipeError(f"the model does not accept input shape {list(shape)}: {first}") from None
+        raise SplitpipeError(
+            f"the model does not accept input shape {list(shape)}: {_first_line(exc)}"
+        ) from None
     _LOGGER.info("exporting to ONNX (opset %d), done once per model and shape", OPSET)
-    program = torch.onnx.export(module, (example,), None, dynamo=True, opset_version=OPSET, verbose=False)
+    # the exporter prints graphs and tracebacks of the strategies it tries; the reason for a
+    # failure is in the exception, so what it printed is only logged (at debug level)
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            program = torch.onnx.export(
+                module, (example,), None, dynamo=True, opset_version=OPSET, verbose=False
+            )
+    except Exception as exc:
+        cause: BaseException = exc
+        while cause.__cause__ is not None:  # the exporter wraps the reason in its own errors
+            cause = cause.__cause__
+        raise SplitpipeError(
+            f"torch.onnx.export cannot export this model: {_describe(cause)}; "
+            "export it to ONNX yourself and plan the .onnx file"
+        ) from None
+    finally:
+        if printed.getvalue().strip():
+            _LOGGER.debug("torch.onnx.export printed:\n%s", printed.getvalue())
     if program is None:
         raise RuntimeError("torch.onnx.export returned no program")
     proto: onnx.ModelProto = program.model_proto

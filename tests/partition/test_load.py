@@ -48,6 +48,26 @@ def test_callable_errors() -> None:
         load_model("no_such_module_xyz:build", SMALL)
     with pytest.raises(SplitpipeError, match="has no callable"):
         load_model("tests.fixtures.models:missing", SMALL)
+    with pytest.raises(
+        SplitpipeError,
+        match=r"importing 'tests.fixtures.broken_model_module'.* failed: "
+        r"RuntimeError: config file models.yaml is missing",
+    ):
+        load_model("tests.fixtures.broken_model_module:build", SMALL)
+    with pytest.raises(
+        SplitpipeError, match=r"needs_arguments\(\) failed: TypeError: .*called with no arguments"
+    ):
+        load_model("tests.fixtures.models:needs_arguments", SMALL)
+
+
+def test_a_model_torch_cannot_export_is_a_user_error(capfd: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(
+        SplitpipeError, match=r"torch.onnx.export cannot export this model: \w+: .*data-dependent"
+    ) as info:
+        load_model("tests.fixtures.models:data_dependent", SMALL)
+    assert "\x1b[" not in str(info.value) and "\n" not in str(info.value)
+    printed = capfd.readouterr()
+    assert "def forward" not in printed.out + printed.err  # the exporter's graph dumps are not shown
 
 
 def test_wrong_input_shape_is_a_user_error() -> None:

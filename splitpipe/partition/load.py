@@ -169,14 +169,13 @@ def _load_weights(module: Any, weights: Path) -> None:
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise SplitpipeError(f"{weights}: not a readable state_dict ({type(exc).__name__}: {exc})") from None
+        raise SplitpipeError(f"{weights}: not a readable state_dict ({_describe(exc)})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     try:
         module.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise SplitpipeError(f"{weights} does not fit the model: {first}") from None
+        raise SplitpipeError(f"{weights} does not fit the model: {_first_line(exc)}") from None
 
 
 def _export_torch(module: Any, shape: tuple[int, ...]) -> onnx.ModelProto:
@@ -226,8 +225,7 @@ def _read_onnx(path: Path) -> onnx.ModelProto:
         model = onnx.load(str(path))
         onnx.checker.check_model(model, full_check=False)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SplitpipeError(f"{path} is not a valid ONNX model: {first}") from None
+        raise SplitpipeError(f"{path} is not a valid ONNX model: {_first_line(exc)}") from None
     return model
 
 

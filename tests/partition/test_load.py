@@ -96,6 +96,11 @@ def test_weights_are_loaded(tmp_path: Path) -> None:
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(SplitpipeError, match="not a readable state_dict"):
         load_model("tests.fixtures.models:tiny_net", SMALL, weights=garbage)
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"where": Path("x")}, pickled)  # a global weights_only loading refuses
+    with pytest.raises(SplitpipeError, match=r"not a readable state_dict \(UnpicklingError: ") as info:
+        load_model("tests.fixtures.models:tiny_net", SMALL, weights=pickled)
+    assert "\n" not in str(info.value)
     with pytest.raises(SplitpipeError, match="weights file not found"):
         load_model("tests.fixtures.models:tiny_net", SMALL, weights=tmp_path / "none.pt")
 

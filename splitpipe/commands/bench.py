@@ -104,8 +104,9 @@ def options_from_args(args: argparse.Namespace) -> Any:
     """SweepOptions from the parsed arguments (every value checked; a bad one is a SplitpipeError)."""
     from splitpipe.errors import SplitpipeError
     from splitpipe.partition.load import parse_shape
-    from splitpipe.testbed.options import parse_duration_ms, parse_share
+    from splitpipe.testbed.options import parse_share
     from splitpipe.testbed.sweep import SweepOptions, parse_links
+    from splitpipe.units import parse_duration_ms
 
     links = parse_links(args.links)
     device_cpu = parse_share(args.device_cpu)

@@ -31,7 +31,12 @@ def add_cost_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--server", default="local", help="server profile (default local: measured on this machine)"
     )
-    p.add_argument("--link", default="20mbit,10ms", help="bandwidth,round-trip time (default 20mbit,10ms)")
+    p.add_argument(
+        "--link",
+        default="20mbit,10ms",
+        help="bandwidth,round-trip time: kbit, mbit or gbit and us, ms or s; plain numbers are Mbit/s and ms "
+        "(default 20mbit,10ms)",
+    )
     p.add_argument(
         "--codec",
         default="raw",

@@ -11,14 +11,11 @@ with where those figures come from.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from splitpipe.devices.profile import DeviceProfile
 from splitpipe.errors import SplitpipeError
-
-_RATE_UNITS = {"bit": 1e-6, "kbit": 1e-3, "mbit": 1.0, "gbit": 1e3, "kbps": 1e-3, "mbps": 1.0, "gbps": 1e3}
-_TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+from splitpipe.units import parse_duration_ms, parse_rate
 
 
 @dataclass(frozen=True)
@@ -33,30 +30,15 @@ class Link:
         return {"bandwidth_mbps": self.bandwidth_mbps, "rtt_ms": self.rtt_ms}
 
 
-def parse_rate(text: str) -> float:
-    """``"20mbit"`` -> 20.0 (Mbit/s). Units: bit, kbit, mbit, gbit (or kbps, mbps, gbps)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]+)\s*", text)
-    if not m or m.group(2).lower() not in _RATE_UNITS or float(m.group(1)) <= 0:
-        raise SplitpipeError(
-            f"invalid link rate {text!r}; expected a positive number with a unit: {', '.join(_RATE_UNITS)} (e.g. 20mbit)"
-        )
-    return float(m.group(1)) * _RATE_UNITS[m.group(2).lower()]
-
-
-def parse_time_ms(text: str) -> float:
-    """``"40ms"`` -> 40.0. Units: us, ms, s."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]+)\s*", text)
-    if not m or m.group(2).lower() not in _TIME_UNITS:
-        raise SplitpipeError(f"invalid time {text!r}; expected a number with a unit: us, ms, s (e.g. 40ms)")
-    return float(m.group(1)) * _TIME_UNITS[m.group(2).lower()]
-
-
 def parse_link(text: str) -> Link:
     """``"20mbit,10ms"``: bandwidth, then round-trip time."""
     parts = [p for p in text.split(",") if p.strip()]
     if len(parts) != 2:
         raise SplitpipeError(f"invalid link {text!r}; expected RATE,RTT such as 20mbit,10ms")
-    return Link(parse_rate(parts[0]), parse_time_ms(parts[1]))
+    rate = parse_rate(parts[0])
+    if rate <= 0:
+        raise SplitpipeError(f"invalid link {text!r}: the rate must be above 0 (e.g. 20mbit,10ms)")
+    return Link(rate, parse_duration_ms(parts[1]))
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ See docs/testbed.md. The public API:
 - :class:`Testbed` builds (``up``), changes (``set``, ``set_rate``), measures (``measure``) and
   removes (``down``) a testbed, and runs processes on either side (``popen``, ``run``);
 - :class:`TestbedOptions` and :class:`LinkMeasurement` are its frozen option and result types;
-- :func:`parse_rate`, :func:`parse_duration_ms`, :func:`parse_share` read CLI-style values.
+- :func:`parse_rate`, :func:`parse_duration_ms` (from :mod:`splitpipe.units`, shared with the
+  planner) and :func:`parse_share` read CLI-style values.
 """
 
 from splitpipe.testbed.link import TestbedError
@@ -15,11 +16,10 @@ from splitpipe.testbed.options import (
     SERVER_ADDR,
     SIDES,
     TestbedOptions,
-    parse_duration_ms,
-    parse_rate,
     parse_share,
 )
 from splitpipe.testbed.testbed import Testbed, TestbedStatus, list_testbeds, require_root
+from splitpipe.units import parse_duration_ms, parse_rate
 
 __all__ = [
     "DEVICE_ADDR",

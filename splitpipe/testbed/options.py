@@ -141,36 +141,6 @@ def check_side(side: str) -> str:
     return side
 
 
-_RATE_UNITS = {"bit": 1e-6, "kbit": 1e-3, "mbit": 1.0, "gbit": 1e3}
-_TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-_NUM = r"(\d+(?:\.\d*)?|\.\d+)"
-
-
-def parse_rate(text: str) -> float:
-    """'10mbit', '500kbit', '1gbit' or a plain number of Mbit/s -> Mbit/s.
-
-    tc's 'mbps' means megabytes per second, a classic trap, so byte units are refused.
-    """
-    m = re.fullmatch(_NUM + r"\s*([a-zA-Z]*)", text.strip())
-    unit = m.group(2).lower() if m else ""
-    if not m or (unit and unit not in _RATE_UNITS):
-        raise SplitpipeError(
-            f"bad link rate {text!r}; accepted: a number with kbit, mbit or gbit (e.g. 10mbit), or plain Mbit/s"
-        )
-    return float(m.group(1)) * _RATE_UNITS.get(unit, 1.0)
-
-
-def parse_duration_ms(text: str) -> float:
-    """'40ms', '0.04s', '500us' or a plain number of milliseconds -> ms."""
-    m = re.fullmatch(_NUM + r"\s*([a-zA-Z]*)", text.strip())
-    unit = m.group(2).lower() if m else ""
-    if not m or (unit and unit not in _TIME_UNITS):
-        raise SplitpipeError(
-            f"bad duration {text!r}; accepted: a number with us, ms or s (e.g. 40ms), or plain ms"
-        )
-    return float(m.group(1)) * _TIME_UNITS.get(unit, 1.0)
-
-
 def parse_share(text: str) -> float:
     """'0.25' or '25%' -> 0.25 (a fraction of one core)."""
     raw = text.strip()

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from splitpipe.errors import SplitpipeError, choices
-from splitpipe.testbed.options import parse_rate
+from splitpipe.units import parse_rate
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -162,9 +162,15 @@ def test_link_parsing() -> None:
     assert parse_link("20mbit,10ms") == Link(20.0, 10.0)
     assert parse_link("500kbit, 0.1s") == Link(0.5, 100.0)
     assert Link(8.0, 0).tx_ms(1_000_000) == pytest.approx(1000.0)
-    for bad in ["20mbit", "20,10ms", "fast,10ms", "20mbit,10"]:
-        with pytest.raises(SplitpipeError):
+    # plain numbers are Mbit/s and ms, as for `splitpipe testbed` (one parser: splitpipe.units)
+    assert parse_link("20,10") == Link(20.0, 10.0)
+    for bad in ["20mbit", "fast,10ms", "20mbit,soon", "20mbit,10ms,5"]:
+        with pytest.raises(SplitpipeError, match=r"accepted|expected RATE,RTT"):
             parse_link(bad)
+    with pytest.raises(SplitpipeError, match=r"'mbps' is ambiguous .*\(e\.g\. 20mbit\)"):
+        parse_link("20mbps,10ms")
+    with pytest.raises(SplitpipeError, match="rate must be above 0"):
+        parse_link("0mbit,10ms")
 
 
 def test_read_plan_errors(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def test_without_root_one_line_and_exit_2() -> None:
 @pytest.mark.parametrize(
     ("args", "text"),
     [
-        (("up", "--rate", "10mbps"), "bad link rate '10mbps'; accepted: a number with kbit, mbit or gbit"),
+        (("up", "--rate", "10mbps"), "bad link rate '10mbps': 'mbps' is ambiguous"),
         (("up", "--rtt", "soon"), "bad duration 'soon'"),
         (("up", "--device-cpu", "2"), "device CPU share 2.0 is out of range; accepted: 0.01 to 1.0"),
         (("up", "--name", "No/Slash"), "bad testbed name 'No/Slash'"),

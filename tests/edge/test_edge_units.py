@@ -119,20 +119,25 @@ def test_options_and_sources_refuse_bad_values(tmp_path: Path) -> None:
 def test_pacer_spaces_frames_and_does_not_burst_after_a_stall() -> None:
     pacer = Pacer(200.0)
     starts = []
+    # the pacer anchors its grid when it is asked first, and again after a stall; these are
+    # moments before each anchor, so that being preempted here (a loaded machine) can only make
+    # the checks below easier, never fail them
+    before_first = time.perf_counter()
+    stall_end = 0.0
     for i in range(12):
         time.sleep(pacer.delay())
         pacer.started()
         starts.append(time.perf_counter())
         if i == 5:
             time.sleep(0.05)  # a stall of 10 periods
+            stall_end = time.perf_counter()
     # frames start on a grid of 5 ms periods: a sleep that overshoots is made up by the next
     # gap (so single gaps may be shorter), but no frame starts before its slot; after the
     # stall the grid starts again from the late frame, with no catch-up burst
     starts_s = np.array(starts)
-    slots = np.arange(6) * pacer.period - 0.0005
-    assert np.all(starts_s[:6] - starts_s[0] >= slots), np.diff(starts_s)
-    assert starts_s[6] - starts_s[5] >= 0.05
-    assert np.all(starts_s[6:] - starts_s[6] >= slots), np.diff(starts_s)
+    slots = np.arange(6) * pacer.period - 0.0002
+    assert np.all(starts_s[:6] - before_first >= slots), np.diff(starts_s)
+    assert np.all(starts_s[6:] - stall_end >= slots), np.diff(starts_s)
     assert Pacer(None).delay() == 0.0
 
 

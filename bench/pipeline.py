@@ -8,6 +8,10 @@
     bytes and reads replies. Ratio = our frames/s over echo messages/s (target >= 0.7).
 (b) A real split (a torchvision model cut near the middle, int8): the agent's achieved frames/s
     as a fraction of its slowest stage, both measured in the same run (target >= 0.85).
+(c) Diagnosis of (a) at 10 KB: the client process's CPU per frame of our stream client alone
+    (pre-built requests), of the agent, of the agent with its head's runtime call replaced by
+    handing the input through, and with that call replaced by ``time.sleep(0)`` (which only
+    releases and retakes the GIL, as ONNX Runtime's ``run()`` does), in alternating rounds.
 
 Both servers are separate processes; the clients (our agent, the echo client) run in this one,
 in alternating rounds so that other load on the machine affects both alike.
@@ -15,6 +19,7 @@ in alternating rounds so that other load on the machine affects both alike.
     .venv/bin/python bench/pipeline.py                      # both parts, ~2-3 minutes
     .venv/bin/python bench/pipeline.py --part a --seconds 4 --rounds 5
     .venv/bin/python bench/pipeline.py --part b --model torchvision:resnet18
+    .venv/bin/python bench/pipeline.py --part c --seconds 2 --rounds 5
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from splitpipe.edge import Agent, AgentOptions, ClientOptions  # noqa: E402
-from splitpipe.edge.client import STREAM_METHOD  # noqa: E402
+from splitpipe.edge.client import STREAM_METHOD, StreamClient  # noqa: E402
 from splitpipe.proto.inference import grpc_service_pb2 as pb  # noqa: E402
 
 MIB = 1 << 20
@@ -410,11 +415,119 @@ def part_b(model: str, codec: str, seconds: float, rounds: int, window: int, tmp
     }
 
 
+async def _client_round(port: int, export: Path, window: int, seconds: float) -> dict[str, float]:
+    """Our StreamClient alone: each frame's request built by the agent's RequestBuilder (its id
+    differs per frame), no head, no records."""
+    from splitpipe.edge import SyntheticSource, load_export
+    from splitpipe.edge.wire import RequestBuilder
+
+    e = load_export(export)
+    builder = RequestBuilder(e)
+    outputs = {e.cut[0].name: SyntheticSource(e.inputs).frame(0)[e.inputs[0].name]}
+    answered = 0
+
+    def on_reply(entry: Any, reply: Any, arrived: float) -> None:
+        nonlocal answered
+        answered += 1
+
+    client = StreamClient(f"127.0.0.1:{port}", e.name, on_reply, ClientOptions(window=window))
+    await client.start()
+    sent = 0
+
+    async def pump(until: float) -> None:
+        nonlocal sent
+        while time.perf_counter() < until:
+            sent += 1
+            await client.send(str(sent), builder.build(str(sent), outputs).data)
+
+    await pump(time.perf_counter() + min(0.5, seconds / 3))
+    before, done_before, start = time.process_time(), answered, time.perf_counter()
+    await pump(start + seconds)
+    n = answered - done_before
+    result = {
+        "fps": n / (time.perf_counter() - start),
+        "client_cpu_us": (time.process_time() - before) / n * 1e6,
+    }
+    await client.drain(30)
+    await client.close()
+    return result
+
+
+def _agent_cpu_round(export: Path, port: int, window: int, seconds: float, head: str) -> dict[str, float]:
+    """The agent's steady-state frames/s and this process's CPU per frame, with the head as
+    exported ("runtime") or its runtime call replaced ("hand-through", "sleep0")."""
+    from splitpipe.devices.runtimes.ort import OrtRunner
+    from splitpipe.edge import load_export
+
+    e = load_export(export)
+    name_in, name_out = e.inputs[0].name, e.cut[0].name
+    original = OrtRunner.infer
+
+    def hand_through(self: Any, feed: dict[str, np.ndarray], *, check: bool = True) -> dict[str, np.ndarray]:
+        if head == "sleep0":
+            time.sleep(0)  # releases the GIL and takes it back, as ONNX Runtime's run() does
+        return {name_out: feed[name_in]}
+
+    if head != "runtime":
+        OrtRunner.infer = hand_through  # type: ignore[method-assign]
+    try:
+        options = AgentOptions(
+            export,
+            server=f"127.0.0.1:{port}",
+            client=ClientOptions(window=window),
+            threads=1,
+            log_interval_s=0,
+        )
+        agent = Agent(options)
+        thread = threading.Thread(target=lambda: asyncio.run(agent.run()), daemon=True)
+        thread.start()
+        time.sleep(min(0.6, seconds / 3))
+        before, done_before, start = time.process_time(), agent.completed, time.perf_counter()
+        time.sleep(seconds)
+        after, n, elapsed = time.process_time(), agent.completed - done_before, time.perf_counter() - start
+        agent.stop()
+        thread.join()
+    finally:
+        OrtRunner.infer = original  # type: ignore[method-assign]
+    return {"fps": n / elapsed, "client_cpu_us": (after - before) / max(n, 1) * 1e6}
+
+
+def part_c(seconds: float, rounds: int, window: int, tmp: Path) -> dict[str, Any]:
+    export = trivial_export(tmp / "trivial-c", 2500)
+    serve, port = start_serve(export, [])
+    kinds: dict[str, Any] = {
+        "stream client alone": lambda: asyncio.run(_client_round(port, export, window, seconds)),
+        "agent": lambda: _agent_cpu_round(export, port, window, seconds, "runtime"),
+        "agent, head call handed through": lambda: _agent_cpu_round(
+            export, port, window, seconds, "hand-through"
+        ),
+        "agent, head call = sleep(0)": lambda: _agent_cpu_round(export, port, window, seconds, "sleep0"),
+    }
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+    try:
+        for _ in range(rounds):
+            for kind, fn in kinds.items():
+                runs[kind].append(fn())
+    finally:
+        stop(serve)
+    out = {}
+    for kind, rs in runs.items():
+        fps = float(np.median([r["fps"] for r in rs]))
+        cpu = float(np.median([r["client_cpu_us"] for r in rs]))
+        out[kind] = {"fps": fps, "client_cpu_us": cpu, "rounds": rs}
+        per_round = ", ".join(f"{r['client_cpu_us']:.0f}" for r in rs)
+        print(
+            f"  {kind:34s} {fps:7.0f} fps, client CPU {cpu:4.0f} us per frame (rounds {per_round})",
+            flush=True,
+        )
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--part", choices=["a", "b", "both"], default="both")
+    parser.add_argument("--part", choices=["a", "b", "c", "both"], default="both")
     parser.add_argument("--sizes", default="10000,1000000", help="tensor sizes for part a, bytes")
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per round")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (medians reported)")
@@ -453,6 +566,9 @@ def main() -> int:
                 flush=True,
             )
             result["b"] = part_b(args.model, args.codec, args.seconds, args.rounds, args.window, Path(tmp))
+        if args.part == "c":
+            print(f"(c) where the agent's CPU per 10 KB frame goes, window {args.window}", flush=True)
+            result["c"] = part_c(args.seconds, args.rounds, args.window, Path(tmp))
     result["load_after"] = os.getloadavg()
     print(f"load average after: {result['load_after'][0]:.2f}")
     path = args.json or RESULTS / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -102,7 +102,6 @@ def register(subparsers: Any) -> None:
 
 def options_from_args(args: argparse.Namespace) -> Any:
     """SweepOptions from the parsed arguments (every value checked; a bad one is a SplitpipeError)."""
-    from splitpipe.errors import SplitpipeError
     from splitpipe.partition.load import parse_shape
     from splitpipe.testbed.options import parse_share
     from splitpipe.testbed.sweep import SweepOptions, parse_links
@@ -121,8 +120,6 @@ def options_from_args(args: argparse.Namespace) -> Any:
         from splitpipe.partition.codecs import check_codec_name
 
         check_codec_name(args.codec)
-    elif args.max_error is not None and args.max_error < 0:
-        raise SplitpipeError(f"--max-error must be a non-negative number, got {args.max_error}")
     return SweepOptions(
         model=args.model,
         input_shape=parse_shape(args.input_shape) if args.input_shape else None,

@@ -113,6 +113,19 @@ def codec_for_cut(
     return _measure(best, per_sample, repeats)
 
 
+def check_max_error(codec: str, max_error: float | None) -> None:
+    """``--max-error`` is a budget for ``--codec auto``; with a named codec it would be ignored."""
+    if max_error is None:
+        return
+    if not max_error >= 0:
+        raise SplitpipeError(f"--max-error must be a non-negative number, got {max_error}")
+    if codec != AUTO:
+        raise SplitpipeError(
+            f"--max-error chooses a codec per split with --codec auto; with --codec {codec} each "
+            "split's error is measured and reported instead (codec_error in the plan JSON)"
+        )
+
+
 def check_codec_name(codec: str) -> None:
     if codec == AUTO:
         return

@@ -17,7 +17,7 @@ import numpy as np
 
 from splitpipe.devices.profile import DeviceProfile, load_profile
 from splitpipe.errors import SplitpipeError, choices
-from splitpipe.partition.codecs import CutCodec, check_codec_name, codec_for_cut
+from splitpipe.partition.codecs import CutCodec, check_codec_name, check_max_error, codec_for_cut
 from splitpipe.partition.cost import Stages, device_energy_mj, end_to_end, energy_source, parse_link
 from splitpipe.partition.cuts import Cut, find_cuts
 from splitpipe.partition.flops import peak_activation_bytes, total_flops, weight_bytes
@@ -234,8 +234,7 @@ def _validate(req: PlanRequest) -> None:
         raise SplitpipeError("--repeats must be at least 1 and --warmup at least 0")
     if req.calibration_samples < 1:
         raise SplitpipeError(f"--calibration-samples must be at least 1, got {req.calibration_samples}")
-    if req.max_error is not None and not req.max_error >= 0:
-        raise SplitpipeError(f"--max-error must be a non-negative number, got {req.max_error}")
+    check_max_error(req.codec, req.max_error)
     for name, value in (("--overhead-ms", req.overhead_ms), ("--local-overhead-ms", req.local_overhead_ms)):
         if not (value >= 0 and value < float("inf")):
             raise SplitpipeError(f"{name} must be a non-negative number of milliseconds, got {value}")

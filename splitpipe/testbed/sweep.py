@@ -118,8 +118,9 @@ class SweepOptions:
             raise SplitpipeError(f"calibration samples must be at least 1, got {self.calibration_samples}")
         if self.images is not None and not Path(self.images).is_dir():
             raise SplitpipeError(f"images directory not found: {self.images}")
-        if self.max_error is not None and not self.max_error >= 0:
-            raise SplitpipeError(f"--max-error must be a non-negative number, got {self.max_error}")
+        from splitpipe.partition.codecs import check_max_error
+
+        check_max_error(self.codec, self.max_error)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

@@ -143,6 +143,7 @@ def test_slower_link_favours_fewer_bytes() -> None:
         ("link", "fast", "invalid link"),
         ("profile_mode", "guess", "unknown profile mode"),
         ("threads", 0, "threads"),
+        ("max_error", 0.01, r"--max-error chooses a codec per split with --codec auto; with --codec raw"),
     ],
 )
 def test_bad_requests(field: str, value: object, message: str) -> None:

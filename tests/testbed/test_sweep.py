@@ -157,6 +157,7 @@ def test_parse_links() -> None:
         ({"run_seconds": 0}, "seconds per run must be positive"),
         ({"images": Path("/nonexistent/pictures")}, "images directory not found"),
         ({"max_error": -1.0}, "--max-error must be a non-negative number"),
+        ({"codec": "int8", "max_error": 0.02}, "--max-error chooses a codec per split with --codec auto"),
     ],
 )
 def test_bad_sweep_options(fields: dict[str, Any], message: str) -> None:

@@ -8,6 +8,7 @@ Any other exception is a bug in splitpipe and keeps its traceback.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class SplitpipeError(Exception):
@@ -26,3 +27,14 @@ def choices(what: str, got: object, accepted: Iterable[object]) -> SplitpipeErro
     """The usual 'unknown X: got, accepted are: ...' error."""
     listed = ", ".join(str(a) for a in accepted)
     return SplitpipeError(f"unknown {what} {got!r}; accepted: {listed}")
+
+
+def check_output_file(path: str | Path, option: str, example: str = "out.json") -> Path:
+    """An output file named by ``option`` (e.g. ``--report``), checked before any work is done
+    rather than when the results are written: its folder must exist and it must not be a folder."""
+    out = Path(path)
+    if out.is_dir():
+        raise SplitpipeError(f"{option} {out} is a directory; give a file name such as {out / example}")
+    if not out.parent.is_dir():
+        raise SplitpipeError(f"{option} {out}: folder {out.parent} does not exist")
+    return out

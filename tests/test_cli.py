@@ -53,6 +53,15 @@ def assert_user_error(proc: subprocess.CompletedProcess[str], *fragments: str) -
         ),
         (["export", *TINY, "--out", "/tmp/x"], ["--split"]),
         (["plan", "--from", "/nonexistent/plan.json"], ["plan file not found"]),
+        # output paths are checked before planning
+        (
+            ["plan", *TINY, "--json", "/nonexistent/plan.json"],
+            ["--json /nonexistent/plan.json: folder /nonexistent"],
+        ),
+        (
+            ["plan", *TINY, "--plot", "/tmp"],
+            ["--plot /tmp is a directory; give a file name such as /tmp/pareto.png"],
+        ),
         (["nosuchcommand"], ["invalid choice"]),
     ],
 )

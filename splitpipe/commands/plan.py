@@ -206,9 +206,13 @@ def progress_bar() -> Any:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from splitpipe.errors import check_output_file
     from splitpipe.partition.plan import make_plan, read_plan
     from splitpipe.partition.report import plot_plan, print_plan
 
+    for option, path, example in (("--json", args.json, "plan.json"), ("--plot", args.plot, "pareto.png")):
+        if path:
+            check_output_file(path, option, example)  # before planning, which can take minutes
     req = read_plan(args.replay).request if args.replay else request_from_args(args)
     import shutil
 

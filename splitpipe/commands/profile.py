@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from splitpipe.devices.microbench import profile_this_machine
     from splitpipe.devices.profile import load_profile
     from splitpipe.devices.runtimes.ort import resolve_providers
-    from splitpipe.errors import SplitpipeError
+    from splitpipe.errors import SplitpipeError, check_output_file
 
     if args.threads < 1:
         raise SplitpipeError(f"--threads must be at least 1, got {args.threads}")
@@ -107,11 +107,7 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and not value > 0:
             raise SplitpipeError(f"--{flag.replace('_', '-')} must be positive, got {value}")
-    out = Path(args.out)
-    if out.is_dir():
-        raise SplitpipeError(f"--out {out} is a directory; give a file name such as {out / 'device.json'}")
-    if not out.parent.is_dir():
-        raise SplitpipeError(f"--out {out}: folder {out.parent} does not exist")
+    out = check_output_file(args.out, "--out", "device.json")
     name = args.name or out.stem
     resolve_providers([args.provider])  # before any work: the error lists what exists
     base = load_profile(args.base) if args.base else None

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from splitpipe.errors import SplitpipeError
+from splitpipe.errors import SplitpipeError, check_output_file
 
 MIB = 1 << 20
 
@@ -158,8 +158,8 @@ class AgentOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "export_dir", Path(self.export_dir))
-        if self.report is not None:
-            object.__setattr__(self, "report", Path(self.report))
+        if self.report is not None:  # checked now: a report that cannot be written would lose the run
+            object.__setattr__(self, "report", check_output_file(self.report, "--report", "report.json"))
         if self.server is not None:
             object.__setattr__(self, "server", parse_address(self.server))
         if self.frames is not None and self.frames < 1:

@@ -106,6 +106,16 @@ def _require_root() -> None:
     require_root()
 
 
+def _check_json(path: Path | None) -> None:
+    """Before the work: a --json that names a directory would fail after the measurement."""
+    from splitpipe.errors import SplitpipeError
+
+    if path is not None and path.is_dir():
+        raise SplitpipeError(
+            f"--json {path} is a directory; give a file name such as {path / 'testbed.json'}"
+        )
+
+
 def _write_json(path: Path | None, data: dict[str, Any]) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,6 +175,7 @@ def _up(args: argparse.Namespace) -> int:
         device_core=args.device_core,
         server_core=args.server_core,
     )
+    _check_json(args.json)
     _require_root()
     tb = Testbed(opts)
     tb.up(measure=not args.no_measure)
@@ -226,6 +237,7 @@ def _set(args: argparse.Namespace) -> int:
     rate = parse_rate(args.rate) if args.rate is not None else None
     rtt = parse_duration_ms(args.rtt) if args.rtt is not None else None
     cpu = parse_share(args.device_cpu) if args.device_cpu is not None else None
+    _check_json(args.json)
     _require_root()
     tb = Testbed.attach(args.name)
     result = tb.set(rate_mbit=rate, rtt_ms=rtt, device_cpu=cpu, measure=not args.no_measure)
@@ -236,6 +248,7 @@ def _set(args: argparse.Namespace) -> int:
 
 
 def _measure(args: argparse.Namespace) -> int:
+    _check_json(args.json)
     _require_root()
     from splitpipe.testbed import Testbed
 

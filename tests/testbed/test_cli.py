@@ -46,6 +46,8 @@ def test_without_root_one_line_and_exit_2() -> None:
         (("up", "--name", "No/Slash"), "bad testbed name 'No/Slash'"),
         (("set",), "nothing to set"),
         (("set", "--rate", "fast"), "bad link rate 'fast'"),
+        (("up", "--json", "/tmp"), "--json /tmp is a directory; give a file name such as /tmp/testbed.json"),
+        (("measure", "--json", "/tmp"), "--json /tmp is a directory"),
     ],
 )
 def test_bad_input_is_one_line_before_anything_is_built(args: tuple[str, ...], text: str) -> None:

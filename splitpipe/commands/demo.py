@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     if args.frames < 10:
         raise SplitpipeError(f"--frames must be at least 10, got {args.frames}")
     if args.out is not None:
+        if args.out.exists() and not args.out.is_dir():
+            raise SplitpipeError(f"--out {args.out} is a file; give a directory for the exports and reports")
         args.out.mkdir(parents=True, exist_ok=True)
         return _demo(args, args.out)
     with tempfile.TemporaryDirectory(prefix="splitpipe-demo-") as tmp:

@@ -29,3 +29,18 @@ def test_demo_runs_the_whole_flow_and_prints_measured_figures(tmp_path: Path) ->
     assert (tmp_path / "split" / "manifest.json").is_file() and not (
         tmp_path / "local" / "tail.onnx"
     ).exists()
+
+
+def test_demo_out_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    afile = tmp_path / "notes.txt"
+    afile.write_text("keep")
+    done = subprocess.run(
+        [sys.executable, "-m", "splitpipe", "demo", "--out", str(afile)],
+        capture_output=True, text=True, env=env(), cwd=REPO, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        == f"splitpipe demo: error: --out {afile} is a file; give a directory for the exports and reports"
+    )
+    assert afile.read_text() == "keep"

@@ -156,6 +156,7 @@ def test_parse_links() -> None:
         ({"min_frames": 9, "max_frames": 3}, "1 <= min <= max"),
         ({"run_seconds": 0}, "seconds per run must be positive"),
         ({"images": Path("/nonexistent/pictures")}, "images directory not found"),
+        ({"out": Path(__file__)}, "is a file; give a directory for the sweep's results"),
         ({"max_error": -1.0}, "--max-error must be a non-negative number"),
         ({"codec": "int8", "max_error": 0.02}, "--max-error chooses a codec per split with --codec auto"),
     ],
@@ -180,6 +181,10 @@ def test_bad_sweep_options(fields: dict[str, Any], message: str) -> None:
         (("sweep", "torchvision:resnet50", "--frames", "0"), "--frames must be at least 1"),
         (("sweep", "torchvision:resnet50", "--name", "Bad/Name"), "bad testbed name 'Bad/Name'"),
         (("report", "/nonexistent/sweep.json"), "sweep file not found"),
+        (
+            ("report", "/nonexistent/sweep.json", "--plots", __file__),
+            "is a file; give a directory for the plots",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: tuple[str, ...], text: str) -> None:

@@ -39,8 +39,18 @@ sys.path.insert(0, str(ROOT))
 
 MODELS = "mobilenet_v3_large,efficientnet_b0,resnet18,googlenet"
 #: node types that start a fused kernel (elementwise ops after them are folded into it)
-ANCHORS = {"Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean"}
-ANCHORS |= {"Add", "Mul", "Concat"}
+ANCHORS = {
+    "Conv",
+    "Gemm",
+    "MatMul",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "ReduceMean",
+    "Add",
+    "Mul",
+    "Concat",
+}
 
 
 def _group(graph: Any, k: int) -> str:
@@ -50,11 +60,11 @@ def _group(graph: Any, k: int) -> str:
     if node.op_type != "Conv":
         return node.op_type
     side = graph.info(node.output[0]).shape[-1]
-    kernel = graph.info(node.input[1]).shape[-1]
+    weight = graph.info(node.input[1]).shape  # (Cout, Cin / groups, kh, kw)
     size = next((f"<={s}" for s in (7, 14, 28) if side <= s), ">28") if side > 1 else "1"
-    cin = graph.info(node.input[1]).shape[1]
-    stem = " Cin<=4" if cin <= 4 and node_cost(graph, k).op_class == "conv" else ""
-    return f"{node_cost(graph, k).op_class} {kernel}x{kernel} @{size}{stem}"
+    op_class = node_cost(graph, k).op_class
+    stem = " Cin<=4" if weight[1] <= 4 and op_class == "conv" else ""
+    return f"{op_class} {weight[-1]}x{weight[-1]} @{size}{stem}"
 
 
 def kernel_times(model_path: Path, feed: dict[str, np.ndarray], runs: int) -> dict[str, tuple[str, float]]:
@@ -65,15 +75,12 @@ def kernel_times(model_path: Path, feed: dict[str, np.ndarray], runs: int) -> di
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     opts.enable_profiling = True
-    folder = tempfile.mkdtemp(prefix="splitpipe-kernels-")
-    opts.profile_file_prefix = os.path.join(folder, "ort")
-    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-    for _ in range(runs):
-        sess.run(None, feed)
-    trace = Path(sess.end_profiling())
-    events = json.loads(trace.read_text())
-    trace.unlink()
-    os.rmdir(folder)
+    with tempfile.TemporaryDirectory(prefix="splitpipe-kernels-") as folder:
+        opts.profile_file_prefix = os.path.join(folder, "ort")
+        sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        for _ in range(runs):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
     durations: dict[str, list[float]] = collections.defaultdict(list)
     ops: dict[str, str] = {}
     for e in events:

@@ -262,15 +262,16 @@ def agent_round(
     thread.start()
     warm = min(0.5, seconds / 3)
     time.sleep(warm)
-    before, done_before = (cpu() if cpu else (0.0, 0.0)), agent.completed
+    before, done_before, start = (cpu() if cpu else (0.0, 0.0)), agent.completed, time.perf_counter()
     time.sleep(seconds - warm)
-    after, done_after = (cpu() if cpu else (0.0, 0.0)), agent.completed
+    after, done_after, end = (cpu() if cpu else (0.0, 0.0)), agent.completed, time.perf_counter()
     agent.stop()
     thread.join()
     report = out[0]
     s = report.summary
     return {
         **Cpu.per_message(before, after, done_after - done_before),
+        "steady_fps": (done_after - done_before) / (end - start),
         "fps": s["fps"],
         "frames": s["completed"],
         "lost": s["lost"],
@@ -453,9 +454,11 @@ async def _client_round(port: int, export: Path, window: int, seconds: float) ->
     return result
 
 
-def _agent_cpu_round(export: Path, port: int, window: int, seconds: float, head: str) -> dict[str, float]:
-    """The agent's steady-state frames/s and this process's CPU per frame, with the head as
-    exported ("runtime") or its runtime call replaced ("hand-through", "sleep0")."""
+def _agent_cpu_round(
+    export: Path, port: int, window: int, seconds: float, head: str, cpu: Cpu
+) -> dict[str, float]:
+    """:func:`agent_round` with the head as exported ("runtime") or its runtime call replaced
+    ("hand-through", "sleep0"): steady-state frames/s and this process's CPU per frame."""
     from splitpipe.devices.runtimes.ort import OrtRunner
     from splitpipe.edge import load_export
 
@@ -471,37 +474,23 @@ def _agent_cpu_round(export: Path, port: int, window: int, seconds: float, head:
     if head != "runtime":
         OrtRunner.infer = hand_through  # type: ignore[method-assign]
     try:
-        options = AgentOptions(
-            export,
-            server=f"127.0.0.1:{port}",
-            client=ClientOptions(window=window),
-            threads=1,
-            log_interval_s=0,
-        )
-        agent = Agent(options)
-        thread = threading.Thread(target=lambda: asyncio.run(agent.run()), daemon=True)
-        thread.start()
-        time.sleep(min(0.6, seconds / 3))
-        before, done_before, start = time.process_time(), agent.completed, time.perf_counter()
-        time.sleep(seconds)
-        after, n, elapsed = time.process_time(), agent.completed - done_before, time.perf_counter() - start
-        agent.stop()
-        thread.join()
+        r = agent_round(export, port, window, seconds, cpu=cpu)
     finally:
         OrtRunner.infer = original  # type: ignore[method-assign]
-    return {"fps": n / elapsed, "client_cpu_us": (after - before) / max(n, 1) * 1e6}
+    return {"fps": r["steady_fps"], "client_cpu_us": r["client_cpu_us"]}
 
 
 def part_c(seconds: float, rounds: int, window: int, tmp: Path) -> dict[str, Any]:
     export = trivial_export(tmp / "trivial-c", 2500)
     serve, port = start_serve(export, [])
+    cpu = Cpu(serve.pid)
     kinds: dict[str, Any] = {
         "stream client alone": lambda: asyncio.run(_client_round(port, export, window, seconds)),
-        "agent": lambda: _agent_cpu_round(export, port, window, seconds, "runtime"),
+        "agent": lambda: _agent_cpu_round(export, port, window, seconds, "runtime", cpu),
         "agent, head call handed through": lambda: _agent_cpu_round(
-            export, port, window, seconds, "hand-through"
+            export, port, window, seconds, "hand-through", cpu
         ),
-        "agent, head call = sleep(0)": lambda: _agent_cpu_round(export, port, window, seconds, "sleep0"),
+        "agent, head call = sleep(0)": lambda: _agent_cpu_round(export, port, window, seconds, "sleep0", cpu),
     }
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
     try:

@@ -38,3 +38,12 @@ def check_output_file(path: str | Path, option: str, example: str = "out.json") 
     if not out.parent.is_dir():
         raise SplitpipeError(f"{option} {out}: folder {out.parent} does not exist")
     return out
+
+
+def check_output_dir(path: str | Path, option: str, contents: str) -> Path:
+    """An output folder named by ``option``, checked before any work: it may exist or not (it
+    is created), but it must not be a file."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise SplitpipeError(f"{option} {out} is a file; give a directory for {contents}")
+    return out

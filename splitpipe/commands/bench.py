@@ -181,11 +181,11 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 def run_report_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from splitpipe.errors import SplitpipeError
+    from splitpipe.errors import check_output_dir
     from splitpipe.testbed.sweep_report import load_sweep, plot_sweep, print_sweep
 
-    if args.plots is not None and args.plots.exists() and not args.plots.is_dir():
-        raise SplitpipeError(f"--plots {args.plots} is a file; give a directory for the plots")
+    if args.plots is not None:
+        check_output_dir(args.plots, "--plots", "the plots")
     data = load_sweep(args.sweep_json)
     console = Console(width=160)
     print_sweep(data, console)

@@ -72,14 +72,12 @@ class _Steps:
 def run(args: argparse.Namespace) -> int:
     import tempfile
 
-    from splitpipe.errors import SplitpipeError
+    from splitpipe.errors import SplitpipeError, check_output_dir
 
     if args.frames < 10:
         raise SplitpipeError(f"--frames must be at least 10, got {args.frames}")
     if args.out is not None:
-        if args.out.exists() and not args.out.is_dir():
-            raise SplitpipeError(f"--out {args.out} is a file; give a directory for the exports and reports")
-        args.out.mkdir(parents=True, exist_ok=True)
+        check_output_dir(args.out, "--out", "the exports and reports").mkdir(parents=True, exist_ok=True)
         return _demo(args, args.out)
     with tempfile.TemporaryDirectory(prefix="splitpipe-demo-") as tmp:
         return _demo(args, Path(tmp))

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from splitpipe.errors import SplitpipeError, choices
+from splitpipe.errors import SplitpipeError, check_output_dir, choices
 from splitpipe.units import parse_rate
 
 _LOGGER = logging.getLogger(__name__)
@@ -118,8 +118,8 @@ class SweepOptions:
             raise SplitpipeError(f"calibration samples must be at least 1, got {self.calibration_samples}")
         if self.images is not None and not Path(self.images).is_dir():
             raise SplitpipeError(f"images directory not found: {self.images}")
-        if self.out is not None and Path(self.out).exists() and not Path(self.out).is_dir():
-            raise SplitpipeError(f"--out {self.out} is a file; give a directory for the sweep's results")
+        if self.out is not None:
+            check_output_dir(self.out, "--out", "the sweep's results")
         from splitpipe.partition.codecs import check_max_error
 
         check_max_error(self.codec, self.max_error)

@@ -100,22 +100,25 @@ class Codec:
         if spec.image:
             check_image_shape(spec.name, x.shape)
         kw: dict[str, object] = {}
+        stream: np.ndarray | bytes
         if spec.base == "raw":
-            stream: np.ndarray = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<"))
+            stream = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<"))
         elif spec.base == "fp16":
             stream = self._fp16(x)
         else:
             stream, kw = self._quantize(x)
         if spec.image:
-            assert spec.quality is not None
+            assert spec.quality is not None and isinstance(stream, np.ndarray)
             payload = jpeg.encode(stream.transpose(0, 2, 3, 1), spec.quality)
         else:
             payload = self._compress(stream)
-        meta = CodecMeta(codec=spec.name, dtype=dtype, shape=x.shape, **kw)  # type: ignore[arg-type]
+        meta = CodecMeta._make(spec.name, dtype, x.shape, **kw)
         return payload, meta
 
-    def _compress(self, stream: np.ndarray) -> bytes:
+    def _compress(self, stream: np.ndarray | bytes) -> bytes:
         spec = self.spec
+        if isinstance(stream, bytes):
+            return stream if spec.entropy is None else entropy.compress(stream, spec.entropy, spec.level)
         if spec.entropy is None:
             return stream.tobytes()
         return entropy.compress(stream.reshape(-1).view(np.uint8).data, spec.entropy, spec.level)
@@ -137,7 +140,7 @@ class Codec:
             )
         return axis
 
-    def _quantize(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, object]]:
+    def _quantize(self, x: np.ndarray) -> tuple[np.ndarray | bytes, dict[str, object]]:
         spec = self.spec
         ref = self.impl == "reference"
         code = self._code
@@ -148,6 +151,10 @@ class Codec:
                 x32 = np.ascontiguousarray(x, dtype=np.float32)
         axis = self._channel_axis(x32.ndim) if spec.per_channel else None
         static = self._static
+        if static is None and not ref and x32.size:
+            compiled = self._quantize_compiled(x32, axis)
+            if compiled is not None:
+                return compiled
         if static is not None:
             assert self.calibration is not None
             scale, zp = self.calibration.arrays()
@@ -161,7 +168,7 @@ class Codec:
                 quant.check_no_nan(x32)
             kw = dict(static, axis=axis) if axis is not None else static
         elif axis is None and not ref:
-            # per-tensor hot path: Python floats, no 0-d numpy arithmetic
+            # per-tensor without the compiled kernels: Python floats, no 0-d numpy arithmetic
             s, z = quant.params_scalar(*quant.range_scalar(x32), spec)
             scale, zp = np.array(s, np.float32), np.array(z, code)
             kw = {"scale": s, "zero_point": z}
@@ -186,6 +193,31 @@ class Codec:
         else:
             stream = pack.pack(codes, spec.bits)
         return stream, kw
+
+    def _quantize_compiled(
+        self, x32: np.ndarray, axis: int | None
+    ) -> tuple[np.ndarray | bytes, dict[str, object]] | None:
+        """Dynamic scales in one compiled call (range, scale rule, codes); None without the
+        compiled kernels or when x holds NaN or inf (the numpy path handles those)."""
+        spec = self.spec
+        kw: dict[str, object]
+        if axis is None:
+            got = quant.quantize_dynamic(x32, spec)
+            if got is None:
+                return None
+            codes, scale, zero_point = got
+            kw = {"scale": scale, "zero_point": zero_point}
+        else:
+            got_ch = quant.quantize_dynamic_ch(x32, spec, axis)
+            if got_ch is None:
+                return None
+            codes, scales, zero_points = got_ch
+            kw = {"axis": axis, "scales": scales, "zero_points": zero_points}
+        if spec.image:  # jpeg codes them image by image
+            return np.frombuffer(codes, np.uint8).reshape(x32.shape), kw
+        if spec.bits < 8:
+            return pack.pack(np.frombuffer(codes, np.uint8), spec.bits), kw
+        return codes, kw
 
     # ---- decode ---------------------------------------------------------------------------
 
@@ -298,8 +330,16 @@ def _dequantize(
 def _restore(meta: CodecMeta, codes: np.ndarray, ref: bool) -> np.ndarray:
     """Codes of the meta's shape -> floats of the meta's dtype."""
     n, shape = meta.size, meta.shape
-    scale, zp = meta.scale_array(), meta.zero_point_array()
     axis = meta.axis
+    if n and not ref and quant.C is not None:  # the compiled kernels read the meta's own fields
+        if axis is None:
+            assert meta.scale is not None and meta.zero_point is not None  # validated
+            out = quant.dequantize_scalar(codes, meta.scale, meta.zero_point)
+        else:
+            assert meta.scales is not None and meta.zero_points is not None  # validated
+            out = quant.dequantize_ch(codes, meta.scales, meta.zero_points, axis)
+        return out if meta.dtype == "float32" else out.astype(meta.dtype)
+    scale, zp = meta.scale_array(), meta.zero_point_array()
     if axis is not None and scale.size != shape[axis]:
         raise CodecError(f"meta has {scale.size} scales for {shape[axis]} channels")
     if n == 0:

@@ -18,7 +18,7 @@ import binascii
 import math
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -53,6 +53,8 @@ _F32_MAX = float(np.finfo(np.float32).max)
 
 ParamValue = str | int | float | bool
 
+_ITEMSIZE = {name: np.dtype(name).itemsize for name in RAW_DTYPES}
+
 # wire keys (to_params) and their json names (to_json)
 _KEYS = {
     "codec": "codec",
@@ -86,6 +88,17 @@ class CodecMeta:
     scales: bytes | None = None
     zero_points: bytes | None = None
     version: int = META_VERSION
+    # set by validate() once this meta has passed it (not part of the meta's value or wire forms):
+    # a meta read from the wire is validated when parsed, and decode() need not do it again
+    _checked: CodecSpec | None = field(default=None, init=False, repr=False, compare=False)
+
+    @classmethod
+    def _make(cls, codec: str, dtype: str, shape: tuple[int, ...], **kw: Any) -> CodecMeta:
+        """``CodecMeta(codec, dtype, shape, **kw)`` without the dataclass __init__'s setattr per
+        field (a third of an encode of a small tensor); a test checks the two are equal."""
+        meta = object.__new__(cls)
+        meta.__dict__.update(_DEFAULTS, codec=codec, dtype=dtype, shape=shape, **kw)
+        return meta
 
     @property
     def spec(self) -> CodecSpec:
@@ -98,7 +111,8 @@ class CodecMeta:
     @property
     def nbytes(self) -> int:
         """Bytes of the decoded array."""
-        return self.size * np.dtype(self.dtype).itemsize
+        itemsize = _ITEMSIZE.get(self.dtype) or np.dtype(self.dtype).itemsize
+        return self.size * itemsize
 
     def scale_array(self) -> np.ndarray:
         """Scales as float32: shape () per tensor, (C,) per channel."""
@@ -169,6 +183,16 @@ class CodecMeta:
             raise CodecError(f"unknown codec meta field(s) {unknown}; known: {', '.join(sorted(known))}")
         return _build(dict(data), wire="json")
 
+
+_DEFAULTS: dict[str, Any] = {
+    "scale": None,
+    "zero_point": None,
+    "axis": None,
+    "scales": None,
+    "zero_points": None,
+    "version": META_VERSION,
+    "_checked": None,
+}
 
 # ---- validation ------------------------------------------------------------------------
 
@@ -297,7 +321,16 @@ def check_image_shape(codec: str, shape: tuple[int, ...]) -> None:
 
 def validate(meta: CodecMeta) -> CodecSpec:
     """Check a CodecMeta however it was made (the decoder calls this on every payload): known
-    codec and version, dtype, shape, and the scale fields its codec needs, in range."""
+    codec and version, dtype, shape, and the scale fields its codec needs, in range. A meta is
+    immutable, so one that has passed is remembered as such."""
+    spec = meta._checked
+    if spec is None:
+        spec = _validate(meta)
+        object.__setattr__(meta, "_checked", spec)
+    return spec
+
+
+def _validate(meta: CodecMeta) -> CodecSpec:
     if meta.version != META_VERSION:
         raise CodecError(
             f"codec meta version {meta.version!r} is not supported (this splitpipe reads {META_VERSION})"

@@ -14,20 +14,39 @@ Definitions (docs/codecs.md):
 - NaN anywhere in the input is refused (CodecError): no code can represent it. +-inf is
   saturated: the range is taken over the finite values and inf maps to the end codes.
 
-The fast elementwise work runs in ONNX Runtime (splitpipe.kernels._ort); ``*_ref`` functions are
-the obvious numpy/Python versions the tests compare with.
+The fast paths, in order of preference: the compiled kernels of ``splitpipe.kernels._cquant``
+(built at install when a C compiler is there; per-tensor int8/uint4/uint2 and fp16), then tiny
+ONNX Runtime graphs (splitpipe.kernels._ort), then the references. ``*_ref`` functions are the
+obvious numpy/Python versions the tests compare both fast paths with. Setting the environment
+variable ``SPLITPIPE_NO_CKERNELS=1`` before import turns the compiled kernels off.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import struct
+from types import ModuleType
 
 import numpy as np
 
 from splitpipe.errors import CodecError
 from splitpipe.kernels import _ort
 from splitpipe.kernels._spec import CodecSpec
+
+
+def _compiled() -> ModuleType | None:
+    if os.environ.get("SPLITPIPE_NO_CKERNELS", "") not in ("", "0"):
+        return None
+    try:
+        from splitpipe.kernels import _cquant  # type: ignore[attr-defined]
+    except ImportError:  # not built (no compiler at install): ONNX Runtime kernels instead
+        return None
+    return _cquant
+
+
+#: the compiled kernels, or None; tests set it to None to exercise the ONNX Runtime path
+C: ModuleType | None = _compiled()
 
 _TINY = float(np.finfo(np.float32).tiny)
 _RANGE_LIMIT = 2.0**126
@@ -172,6 +191,35 @@ def params_from_range(lo: np.ndarray, hi: np.ndarray, spec: CodecSpec) -> tuple[
     return np.asarray(scale), np.asarray(zp)
 
 
+def quantize_dynamic(x: np.ndarray, spec: CodecSpec) -> tuple[bytes, float, int] | None:
+    """Per-tensor range, scale rule and codes in one compiled call: (codes, scale, zero_point),
+    the codes one byte each (int8 two's complement for /sym). None when the compiled kernels are
+    absent or x holds NaN or inf (the caller then takes the numpy path, which handles those).
+    x is C-contiguous float32 and not empty."""
+    if C is None:
+        return None
+    qmin, qmax = spec.qrange
+    got: tuple[bytes, float, int] | None = C.quantize_dynamic(x, qmin, qmax, spec.symmetric)
+    return got
+
+
+def quantize_dynamic_ch(x: np.ndarray, spec: CodecSpec, axis: int) -> tuple[bytes, bytes, bytes] | None:
+    """:func:`quantize_dynamic` per channel along ``axis``: (codes, scales as little-endian
+    float32 bytes, zero points as bytes), or None as there."""
+    if C is None:
+        return None
+    qmin, qmax = spec.qrange
+    got: tuple[bytes, bytes, bytes] | None = C.quantize_dynamic_ch(
+        x, _dims(x.shape, axis), qmin, qmax, spec.symmetric
+    )
+    return got
+
+
+def _dims(shape: tuple[int, ...], axis: int) -> tuple[int, int, int]:
+    """(outer, C, inner) of a C-contiguous tensor viewed with its channel axis in the middle."""
+    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :])
+
+
 # ---- elementwise ---------------------------------------------------------------------------
 
 
@@ -179,6 +227,17 @@ def quantize(
     x: np.ndarray, scale: np.ndarray, zp: np.ndarray, spec: CodecSpec, axis: int | None
 ) -> np.ndarray:
     """Codes (uint8, or int8 for /sym) of the same shape as x; x is float32, finite or +-inf."""
+    if C is not None and x.size:
+        q = np.empty(x.shape, np.int8 if spec.symmetric else np.uint8)
+        qmin, qmax = spec.qrange
+        if axis is None:
+            ok = C.quantize(x, q, float(scale), int(zp), qmin, qmax)
+        else:
+            s32, z8 = scale.astype("<f4").tobytes(), zp.tobytes()
+            ok = C.quantize_ch(x, q, _dims(x.shape, axis), s32, z8, qmin, qmax, spec.symmetric)
+        if not ok:
+            raise _nan_error()
+        return q
     xin = as_channels(x, axis) if axis is not None else x
     try:
         q = _ort.quantize(xin, scale, zp)
@@ -203,7 +262,28 @@ def quantize_ref(
     return np.clip(v, qmin, qmax).astype(np.int8 if spec.symmetric else np.uint8)
 
 
+def dequantize_scalar(q: np.ndarray, scale: float, zp: int) -> np.ndarray:
+    """Per-tensor dequantize with the compiled kernels (``C`` must be set)."""
+    assert C is not None
+    out = np.empty(q.shape, np.float32)
+    C.dequantize(q, out, scale, zp, q.dtype == np.int8)
+    return out
+
+
+def dequantize_ch(q: np.ndarray, scales: bytes, zero_points: bytes, axis: int) -> np.ndarray:
+    """Per-channel dequantize with the compiled kernels (``C`` must be set); scales and zero
+    points as the meta carries them."""
+    assert C is not None
+    out = np.empty(q.shape, np.float32)
+    C.dequantize_ch(q, out, _dims(q.shape, axis), scales, zero_points, q.dtype == np.int8)
+    return out
+
+
 def dequantize(q: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int | None) -> np.ndarray:
+    if C is not None and q.size:
+        if axis is None:
+            return dequantize_scalar(q, float(scale), int(zp))
+        return dequantize_ch(q, scale.astype("<f4").tobytes(), zp.tobytes(), axis)
     qin = as_channels(q, axis) if axis is not None else q
     try:
         return _ort.dequantize(qin, scale, zp).reshape(q.shape)
@@ -222,6 +302,10 @@ def dequantize_ref(q: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int |
 
 
 def to_fp16(x: np.ndarray) -> np.ndarray:
+    if C is not None and C.HAS_F16:
+        h = np.empty(x.shape, np.float16)
+        C.to_f16(x, h)
+        return h
     try:
         return _ort.to_fp16(x)
     except _ort.FastPathUnavailable:
@@ -234,6 +318,10 @@ def to_fp16_ref(x: np.ndarray) -> np.ndarray:
 
 
 def from_fp16(h: np.ndarray) -> np.ndarray:
+    if C is not None and C.HAS_F16:
+        x = np.empty(h.shape, np.float32)
+        C.from_f16(h, x)
+        return x
     try:
         return _ort.from_fp16(h)
     except _ort.FastPathUnavailable:

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from splitpipe.errors import CodecError
 from splitpipe.kernels import CodecMeta, calibrate, codec_names, decode, get_codec, quant
+
+# every test here runs with the compiled kernels and with the ONNX Runtime ones (conftest.py)
+pytestmark = pytest.mark.usefixtures("fast_path")
+# the fixture only swaps a module attribute once per test; hypothesis examples may share it
+_SHARED = [HealthCheck.function_scoped_fixture]
 
 QUANT = [n for n in codec_names(entropy=False) if n not in ("raw", "fp16")]
 ALL = codec_names(entropy=False)
@@ -126,7 +131,7 @@ finite32 = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, width=32)
 shapes = hnp.array_shapes(min_dims=2, max_dims=4, min_side=1, max_side=9)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=_SHARED)
 @given(x=hnp.arrays(np.float32, shapes, elements=finite32), name=st.sampled_from(QUANT))
 def test_property_round_trip_error_bounded(x: np.ndarray, name: str) -> None:
     payload, meta = get_codec(name).encode(x)
@@ -147,7 +152,7 @@ def test_property_round_trip_error_bounded(x: np.ndarray, name: str) -> None:
     assert (err <= tol).all(), float((err - tol).max())
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=_SHARED)
 @given(
     x=hnp.arrays(np.float32, shapes, elements=st.floats(width=32, allow_nan=False)),
     name=st.sampled_from(ALL),
@@ -157,7 +162,7 @@ def test_property_fast_equals_reference(x: np.ndarray, name: str, entropy: str) 
     _both(name + entropy, x)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, suppress_health_check=_SHARED)
 @given(
     x=hnp.arrays(
         st.sampled_from([np.float16, np.float64, np.int32, np.uint8, np.bool_]),
@@ -171,7 +176,7 @@ def test_property_raw_is_exact(x: np.ndarray) -> None:
     assert y.tobytes() == x.tobytes()
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=_SHARED)
 @given(
     lo=st.floats(width=32, allow_nan=False, allow_infinity=False, max_value=0),
     hi=st.floats(width=32, allow_nan=False, allow_infinity=False, min_value=0),

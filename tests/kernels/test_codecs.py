@@ -41,6 +41,7 @@ def test_round_trip_within_half_step(name: str) -> None:
     assert float(np.abs(y - x).max()) <= _bound(name, x)
 
 
+@pytest.mark.usefixtures("fast_path")
 @pytest.mark.parametrize("name", ALL)
 def test_fast_path_equals_reference(name: str) -> None:
     x = RNG.standard_normal((1, 6, 9, 11)).astype(np.float32) * np.float32(10.0)
@@ -83,6 +84,7 @@ def test_quantized_sizes() -> None:
     assert len(get_codec("uint2").encode(x)[0]) == n // 4
 
 
+@pytest.mark.usefixtures("fast_path")
 @pytest.mark.parametrize("name", ["uint4", "uint2", "uint4/ch", "uint2+zstd"])
 @pytest.mark.parametrize("count", [1, 2, 3, 5, 7, 9])
 def test_bit_packing_odd_counts(name: str, count: int) -> None:
@@ -165,10 +167,11 @@ def test_meta_is_small() -> None:
 def test_without_the_fast_path_the_numpy_reference_gives_the_same_bytes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from splitpipe.kernels import _ort
+    from splitpipe.kernels import _ort, quant
 
     x = RNG.standard_normal((1, 5, 6, 7)).astype(np.float32)
     expected = {n: get_codec(n).encode(x)[0] for n in ("fp16", "int8", "int8/sym/ch", "uint4/ch")}
+    monkeypatch.setattr(quant, "C", None)  # neither compiled kernels nor ONNX Runtime ones
     monkeypatch.setattr(_ort, "_SESSIONS", {})
     monkeypatch.setattr(_ort, "_FAILED", {})
 
@@ -187,3 +190,27 @@ def test_without_the_fast_path_the_numpy_reference_gives_the_same_bytes(
         "dequantize_u8",
         "dequantize_i8",
     }
+
+
+def test_the_encoders_meta_is_an_ordinary_meta() -> None:
+    """encode() builds its meta without the dataclass __init__ (CodecMeta._make): the result must
+    be indistinguishable from one built the ordinary way."""
+    import dataclasses
+
+    x = _relu_like((1, 4, 3, 3))
+    for name in ("raw", "fp16", "int8", "int8/sym", "int8/ch", "uint2+zstd", "jpeg"):
+        _, meta = get_codec(name).encode(x[:, :3] if name == "jpeg" else x)
+        fields = {f.name: getattr(meta, f.name) for f in dataclasses.fields(meta) if f.init}
+        twin = CodecMeta(**fields)
+        assert twin == meta and repr(twin) == repr(meta) and hash(twin) == hash(meta), name
+
+
+def test_a_meta_that_fails_validation_fails_every_time() -> None:
+    """validate() remembers a meta that passed (metas are immutable), never one that failed."""
+    bad = CodecMeta(codec="int8", dtype="float32", shape=(2,), scale=-1.0, zero_point=0)
+    for _ in range(2):
+        with pytest.raises(CodecError, match="scale must be a finite positive"):
+            decode(b"\0\0", bad)
+    good = CodecMeta(codec="int8", dtype="float32", shape=(2,), scale=0.5, zero_point=1)
+    assert decode(b"\1\3", good).tolist() == [0.0, 1.0]
+    assert decode(b"\1\3", good).tolist() == [0.0, 1.0]

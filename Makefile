@@ -7,7 +7,7 @@ EXTRAS ?= plan,edge,server,video,dev
 
 .PHONY: venv demo test test-all lint format proto clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py splitpipe/kernels/_cquant.c
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'

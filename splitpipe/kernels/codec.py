@@ -112,7 +112,7 @@ class Codec:
             payload = jpeg.encode(stream.transpose(0, 2, 3, 1), spec.quality)
         else:
             payload = self._compress(stream)
-        meta = CodecMeta._make(spec.name, dtype, x.shape, **kw)
+        meta = CodecMeta._make(spec.name, dtype, x.shape, **kw)  # type: ignore[arg-type]
         return payload, meta
 
     def _compress(self, stream: np.ndarray | bytes) -> bytes:
@@ -312,6 +312,8 @@ def _dequantize(
     spec: CodecSpec, meta: CodecMeta, stream: bytes | bytearray | memoryview, ref: bool
 ) -> np.ndarray:
     n, shape = meta.size, meta.shape
+    if spec.bits == 8 and n and not ref and quant.C is not None:
+        return _restore_compiled(meta, stream, spec.symmetric)  # the codes are the payload itself
     code = np.int8 if spec.symmetric else np.uint8
     raw = np.frombuffer(stream, dtype=np.uint8)
     if spec.bits < 8:
@@ -331,14 +333,8 @@ def _restore(meta: CodecMeta, codes: np.ndarray, ref: bool) -> np.ndarray:
     """Codes of the meta's shape -> floats of the meta's dtype."""
     n, shape = meta.size, meta.shape
     axis = meta.axis
-    if n and not ref and quant.C is not None:  # the compiled kernels read the meta's own fields
-        if axis is None:
-            assert meta.scale is not None and meta.zero_point is not None  # validated
-            out = quant.dequantize_scalar(codes, meta.scale, meta.zero_point)
-        else:
-            assert meta.scales is not None and meta.zero_points is not None  # validated
-            out = quant.dequantize_ch(codes, meta.scales, meta.zero_points, axis)
-        return out if meta.dtype == "float32" else out.astype(meta.dtype)
+    if n and not ref and quant.C is not None:
+        return _restore_compiled(meta, codes, codes.dtype == np.int8)
     scale, zp = meta.scale_array(), meta.zero_point_array()
     if axis is not None and scale.size != shape[axis]:
         raise CodecError(f"meta has {scale.size} scales for {shape[axis]} channels")
@@ -348,4 +344,18 @@ def _restore(meta: CodecMeta, codes: np.ndarray, ref: bool) -> np.ndarray:
         out = quant.dequantize_ref(codes, scale, zp, axis)
     else:
         out = quant.dequantize(codes, scale, zp, axis)
+    return out if meta.dtype == "float32" else out.astype(meta.dtype)
+
+
+def _restore_compiled(meta: CodecMeta, codes: Any, signed: bool) -> np.ndarray:
+    """:func:`_restore` with the compiled kernels, which read the (validated) meta's own fields
+    and any buffer of one code byte per element."""
+    if meta.axis is None:
+        assert meta.scale is not None and meta.zero_point is not None
+        out = quant.dequantize_compiled(codes, meta.shape, meta.scale, meta.zero_point, signed)
+    else:
+        assert meta.scales is not None and meta.zero_points is not None
+        out = quant.dequantize_compiled_ch(
+            codes, meta.shape, meta.scales, meta.zero_points, meta.axis, signed
+        )
     return out if meta.dtype == "float32" else out.astype(meta.dtype)

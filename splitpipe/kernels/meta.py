@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import math
 import struct
 from collections.abc import Mapping
@@ -93,18 +94,32 @@ class CodecMeta:
     _checked: CodecSpec | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
-    def _make(cls, codec: str, dtype: str, shape: tuple[int, ...], **kw: Any) -> CodecMeta:
-        """``CodecMeta(codec, dtype, shape, **kw)`` without the dataclass __init__'s setattr per
-        field (a third of an encode of a small tensor); a test checks the two are equal."""
+    def _make(
+        cls,
+        codec: str,
+        dtype: str,
+        shape: tuple[int, ...],
+        scale: float | None = None,
+        zero_point: int | None = None,
+        axis: int | None = None,
+        scales: bytes | None = None,
+        zero_points: bytes | None = None,
+    ) -> CodecMeta:
+        """``CodecMeta(codec, dtype, shape, ...)`` without the dataclass __init__'s setattr per
+        field (a quarter of an encode of a small tensor); a test checks the two are equal."""
         meta = object.__new__(cls)
-        meta.__dict__.update(_DEFAULTS, codec=codec, dtype=dtype, shape=shape, **kw)
+        d = meta.__dict__
+        d["codec"], d["dtype"], d["shape"] = codec, dtype, shape
+        d["scale"], d["zero_point"], d["axis"] = scale, zero_point, axis
+        d["scales"], d["zero_points"] = scales, zero_points
+        d["version"], d["_checked"] = META_VERSION, None
         return meta
 
     @property
     def spec(self) -> CodecSpec:
         return parse_name(self.codec)
 
-    @property
+    @functools.cached_property
     def size(self) -> int:
         return math.prod(self.shape)
 
@@ -183,16 +198,6 @@ class CodecMeta:
             raise CodecError(f"unknown codec meta field(s) {unknown}; known: {', '.join(sorted(known))}")
         return _build(dict(data), wire="json")
 
-
-_DEFAULTS: dict[str, Any] = {
-    "scale": None,
-    "zero_point": None,
-    "axis": None,
-    "scales": None,
-    "zero_points": None,
-    "version": META_VERSION,
-    "_checked": None,
-}
 
 # ---- validation ------------------------------------------------------------------------
 

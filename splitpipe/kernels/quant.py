@@ -27,6 +27,7 @@ import math
 import os
 import struct
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -262,28 +263,34 @@ def quantize_ref(
     return np.clip(v, qmin, qmax).astype(np.int8 if spec.symmetric else np.uint8)
 
 
-def dequantize_scalar(q: np.ndarray, scale: float, zp: int) -> np.ndarray:
-    """Per-tensor dequantize with the compiled kernels (``C`` must be set)."""
+def dequantize_compiled(
+    codes: Any, shape: tuple[int, ...], scale: float, zp: int, signed: bool
+) -> np.ndarray:
+    """Per-tensor dequantize with the compiled kernels (``C`` must be set): ``codes`` is any
+    buffer of one byte per element (the payload itself: no array is made of it)."""
     assert C is not None
-    out = np.empty(q.shape, np.float32)
-    C.dequantize(q, out, scale, zp, q.dtype == np.int8)
+    out = np.empty(shape, np.float32)
+    C.dequantize(codes, out, scale, zp, signed)
     return out
 
 
-def dequantize_ch(q: np.ndarray, scales: bytes, zero_points: bytes, axis: int) -> np.ndarray:
-    """Per-channel dequantize with the compiled kernels (``C`` must be set); scales and zero
-    points as the meta carries them."""
+def dequantize_compiled_ch(
+    codes: Any, shape: tuple[int, ...], scales: bytes, zero_points: bytes, axis: int, signed: bool
+) -> np.ndarray:
+    """The same per channel, with scales and zero points as the meta carries them."""
     assert C is not None
-    out = np.empty(q.shape, np.float32)
-    C.dequantize_ch(q, out, _dims(q.shape, axis), scales, zero_points, q.dtype == np.int8)
+    out = np.empty(shape, np.float32)
+    C.dequantize_ch(codes, out, _dims(shape, axis), scales, zero_points, signed)
     return out
 
 
 def dequantize(q: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int | None) -> np.ndarray:
     if C is not None and q.size:
+        signed = q.dtype == np.int8
         if axis is None:
-            return dequantize_scalar(q, float(scale), int(zp))
-        return dequantize_ch(q, scale.astype("<f4").tobytes(), zp.tobytes(), axis)
+            return dequantize_compiled(q, q.shape, float(scale), int(zp), signed)
+        s32, z8 = scale.astype("<f4").tobytes(), zp.tobytes()
+        return dequantize_compiled_ch(q, q.shape, s32, z8, axis, signed)
     qin = as_channels(q, axis) if axis is not None else q
     try:
         return _ort.dequantize(qin, scale, zp).reshape(q.shape)

@@ -521,6 +521,123 @@ static PyObject *py_dequantize_ch(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ---- bit packing (4- and 2-bit codes; splitpipe.kernels.pack documents the layout) ------- */
+
+HOT static void pack_run(const uint8_t *restrict c, Py_ssize_t n, int bits, uint8_t *restrict out)
+{
+    const uint8_t mask = (uint8_t)((1u << bits) - 1u);
+    Py_ssize_t full = bits == 4 ? n / 2 : n / 4;
+    if (bits == 4) {
+        for (Py_ssize_t j = 0; j < full; j++)
+            out[j] = (uint8_t)((c[2 * j] & mask) | (c[2 * j + 1] & mask) << 4);
+    } else {
+        for (Py_ssize_t j = 0; j < full; j++)
+            out[j] = (uint8_t)((c[4 * j] & mask) | (c[4 * j + 1] & mask) << 2 | (c[4 * j + 2] & mask) << 4 |
+                               (c[4 * j + 3] & mask) << 6);
+    }
+    int per = 8 / bits;
+    if (full * per < n) { /* the last byte, its high bits zero */
+        uint8_t b = 0;
+        for (Py_ssize_t i = full * per; i < n; i++)
+            b |= (uint8_t)((c[i] & mask) << (bits * (i - full * per)));
+        out[full] = b;
+    }
+}
+
+/* byte -> its four 2-bit codes as four bytes, in memory order (filled when the module loads) */
+static uint32_t UNPACK2[256];
+
+static void fill_unpack2(void)
+{
+    for (int b = 0; b < 256; b++) {
+        uint8_t four[4] = {(uint8_t)(b & 3), (uint8_t)((b >> 2) & 3), (uint8_t)((b >> 4) & 3), (uint8_t)(b >> 6)};
+        memcpy(&UNPACK2[b], four, 4);
+    }
+}
+
+/* returns 1 if the padding bits after the last code are not zero */
+HOT static int unpack_run(const uint8_t *restrict p, Py_ssize_t n, int bits, uint8_t *restrict out)
+{
+    const uint8_t mask = (uint8_t)((1u << bits) - 1u);
+    int per = 8 / bits;
+    Py_ssize_t full = n / per;
+    if (bits == 4) {
+        for (Py_ssize_t j = 0; j < full; j++) {
+            out[2 * j] = p[j] & mask;
+            out[2 * j + 1] = p[j] >> 4;
+        }
+    } else { /* four codes per byte: one table lookup writes all four (the shifts did not vectorize) */
+        for (Py_ssize_t j = 0; j < full; j++)
+            memcpy(out + 4 * j, &UNPACK2[p[j]], 4);
+    }
+    Py_ssize_t rest = n - full * per;
+    if (rest == 0)
+        return 0;
+    uint8_t b = p[full];
+    for (Py_ssize_t i = 0; i < rest; i++)
+        out[full * per + i] = (b >> (bits * i)) & mask;
+    return (b >> (bits * rest)) != 0;
+}
+
+static int check_bits(int bits)
+{
+    if (bits != 4 && bits != 2) {
+        PyErr_SetString(PyExc_ValueError, "bits must be 4 or 2");
+        return -1;
+    }
+    return 0;
+}
+
+/* pack(codes 1-byte, bits) -> bytes of ceil(n * bits / 8) */
+static PyObject *py_pack(PyObject *self, PyObject *args)
+{
+    PyObject *co;
+    int bits;
+    if (!PyArg_ParseTuple(args, "Oi", &co, &bits) || check_bits(bits) < 0)
+        return NULL;
+    Py_buffer c;
+    if (get_buffer(co, &c, 0, 1, "codes") < 0)
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (c.len * bits + 7) / 8);
+    if (out != NULL) {
+        Py_BEGIN_ALLOW_THREADS;
+        pack_run((const uint8_t *)c.buf, c.len, bits, (uint8_t *)PyBytes_AS_STRING(out));
+        Py_END_ALLOW_THREADS;
+    }
+    PyBuffer_Release(&c);
+    return out;
+}
+
+/* unpack(packed 1-byte, bits, out 1-byte of the code count) -> bool: False if padding bits are
+ * set; ValueError if the packed length does not match the count */
+static PyObject *py_unpack(PyObject *self, PyObject *args)
+{
+    PyObject *po, *oo;
+    int bits;
+    if (!PyArg_ParseTuple(args, "OiO", &po, &bits, &oo) || check_bits(bits) < 0)
+        return NULL;
+    Py_buffer p, out;
+    if (get_buffer(po, &p, 0, 1, "packed") < 0)
+        return NULL;
+    if (get_buffer(oo, &out, 1, 1, "out") < 0) {
+        PyBuffer_Release(&p);
+        return NULL;
+    }
+    int ok = p.len == (out.len * bits + 7) / 8, padding = 0;
+    if (ok) {
+        Py_BEGIN_ALLOW_THREADS;
+        padding = unpack_run((const uint8_t *)p.buf, out.len, bits, (uint8_t *)out.buf);
+        Py_END_ALLOW_THREADS;
+    } else {
+        PyErr_SetString(PyExc_ValueError, "packed length does not match the code count");
+    }
+    PyBuffer_Release(&p);
+    PyBuffer_Release(&out);
+    if (!ok)
+        return NULL;
+    return PyBool_FromLong(!padding);
+}
+
 /* ---- float16 -------------------------------------------------------------------------------- */
 
 #if defined(HAVE_F16C_DISPATCH)
@@ -626,6 +743,8 @@ static PyMethodDef methods[] = {
     {"quantize_dynamic_ch", py_quantize_dynamic_ch, METH_VARARGS, "per-channel ranges, scale rule and codes"},
     {"quantize_ch", py_quantize_ch, METH_VARARGS, "per-channel codes with given scales"},
     {"dequantize_ch", py_dequantize_ch, METH_VARARGS, "per-channel (codes - zero_point) * scale"},
+    {"pack", py_pack, METH_VARARGS, "4- or 2-bit codes into bytes"},
+    {"unpack", py_unpack, METH_VARARGS, "bytes into 4- or 2-bit codes"},
     {"to_f16", py_to_f16, METH_VARARGS, "float32 -> float16 bits"},
     {"from_f16", py_from_f16, METH_VARARGS, "float16 bits -> float32"},
     {NULL, NULL, 0, NULL},
@@ -639,6 +758,7 @@ PyMODINIT_FUNC PyInit__cquant(void)
     if (m == NULL)
         return NULL;
     f16_ok = F16_AVAILABLE;
+    fill_unpack2();
     if (PyModule_AddIntConstant(m, "HAS_F16", f16_ok) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -185,7 +185,7 @@ class Codec:
             codes = quant.quantize_ref(x32, scale, zp, spec, axis)
         else:
             codes = quant.quantize(x32, scale, zp, spec, axis)
-        stream: np.ndarray
+        stream: np.ndarray | bytes
         if spec.bits == 8:
             stream = codes
         elif ref:

@@ -2,8 +2,8 @@
 ``bits*i .. bits*i + bits-1`` of its byte. An element count that does not fill the last byte
 leaves its high bits zero; the unpacker checks that they are (a cheap integrity check).
 
-``pack``/``unpack`` are the vectorised numpy paths; ``pack_ref``/``unpack_ref`` the obvious
-pure-Python loops the tests compare them with.
+``pack``/``unpack`` are the fast paths (the compiled kernels when built, else vectorised numpy);
+``pack_ref``/``unpack_ref`` the obvious pure-Python loops the tests compare them with.
 """
 
 from __future__ import annotations
@@ -11,16 +11,20 @@ from __future__ import annotations
 import numpy as np
 
 from splitpipe.errors import CodecError
+from splitpipe.kernels import quant
 
 
 def packed_size(count: int, bits: int) -> int:
     return (count * bits + 7) // 8
 
 
-def pack(codes: np.ndarray, bits: int) -> np.ndarray:
+def pack(codes: np.ndarray, bits: int) -> np.ndarray | bytes:
     """uint8 codes (each < 2**bits) -> packed uint8 bytes."""
     if bits == 8:
         return codes.reshape(-1)
+    if quant.C is not None:
+        packed: bytes = quant.C.pack(np.ascontiguousarray(codes), bits)
+        return packed
     per = 8 // bits
     flat = codes.reshape(-1)
     n = flat.size
@@ -40,6 +44,11 @@ def unpack(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     per = 8 // bits
     if packed.size != packed_size(count, bits):
         raise CodecError(f"packed stream is {packed.size} bytes, expected {packed_size(count, bits)}")
+    if quant.C is not None:
+        codes = np.empty(count, np.uint8)
+        if not quant.C.unpack(packed, bits, codes):
+            raise CodecError("packed stream has non-zero padding bits after the last element")
+        return codes
     mask = np.uint8((1 << bits) - 1)
     out = np.empty((packed.size, per), dtype=np.uint8)
     for i in range(per):

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitpipe.kernels import get_codec, quant
+from splitpipe.kernels import get_codec, pack, quant
 from splitpipe.kernels._spec import parse_name
 
 C = quant.C
@@ -93,6 +93,22 @@ def test_every_tail_length(n: int) -> None:
 
 
 @needs_c
+@pytest.mark.parametrize("bits", [4, 2])
+def test_packing_equals_the_reference_for_every_count(bits: int) -> None:
+    assert C is not None
+    rng = np.random.default_rng(bits)
+    for n in range(1, 70):
+        codes = rng.integers(0, 1 << bits, n).astype(np.uint8)
+        packed = C.pack(codes, bits)
+        assert packed == pack.pack_ref(codes.tolist(), bits)
+        out = np.empty(n, np.uint8)
+        assert C.unpack(packed, bits, out) is True
+        assert out.tolist() == codes.tolist()
+        if n % (8 // bits):  # a set padding bit is refused
+            assert C.unpack(packed[:-1] + bytes([packed[-1] | 0x80]), bits, out) is False
+
+
+@needs_c
 def test_nan_and_inf_are_left_to_the_numpy_path() -> None:
     assert C is not None
     for bad in (np.nan, np.inf, -np.inf):
@@ -118,6 +134,10 @@ def test_refuses_wrong_buffers() -> None:
         C.quantize(x, np.empty(8, np.uint8), 0.0, 0, 0, 255)
     with pytest.raises(ValueError, match="one float32 per code"):
         C.dequantize(np.ones(8, np.uint8), np.empty(9, np.float32), 0.5, 0, False)
+    with pytest.raises(ValueError, match="bits must be 4 or 2"):
+        C.pack(np.zeros(8, np.uint8), 3)
+    with pytest.raises(ValueError, match="packed length"):
+        C.unpack(bytes(3), 4, np.empty(8, np.uint8))
     with pytest.raises((BufferError, TypeError, ValueError)):  # read-only output
         C.to_f16(x, np.frombuffer(bytes(16), np.float16))
     with pytest.raises((BufferError, TypeError, ValueError)):  # not contiguous

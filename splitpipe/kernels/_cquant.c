@@ -47,14 +47,31 @@ static const float RANGE_LIMIT = 0x1p126f;
 
 /* ---- buffers ------------------------------------------------------------------------------ */
 
+/* A C-contiguous buffer of `itemsize`-byte items; 4- and 2-byte items must be float32 ('f') and
+ * float16 ('e'), 1-byte ones may be any (codes, bytes). */
 static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, const char *what)
 {
-    int flags = PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0);
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
     if (PyObject_GetBuffer(obj, view, flags) < 0)
         return -1;
-    if (view->itemsize != itemsize || view->len % itemsize) {
-        PyErr_Format(PyExc_ValueError, "%s must hold %zd-byte items", what, itemsize);
+    const char *fmt = view->format ? view->format : "B";
+    if (*fmt == '<' || *fmt == '=' || *fmt == '@')
+        fmt++;
+    const char *want = itemsize == 4 ? "f" : itemsize == 2 ? "e" : NULL;
+    if (view->itemsize != itemsize || view->len % itemsize || (want && strcmp(fmt, want) != 0)) {
+        PyErr_Format(PyExc_ValueError, "%s must hold %s", what,
+                     itemsize == 4 ? "float32" : itemsize == 2 ? "float16" : "1-byte items");
         PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* code range and zero point of a call: int8 or uint8 codes, qmin <= zero point <= qmax */
+static int check_codes(int qmin, int qmax, int zp)
+{
+    if (qmin < -128 || qmax > 255 || qmin >= qmax || zp < qmin || zp > qmax) {
+        PyErr_SetString(PyExc_ValueError, "need -128 <= qmin <= zero_point <= qmax <= 255 and qmin < qmax");
         return -1;
     }
     return 0;
@@ -222,7 +239,7 @@ static PyObject *py_quantize_dynamic(PyObject *self, PyObject *args)
 {
     PyObject *obj;
     int qmin, qmax, symmetric;
-    if (!PyArg_ParseTuple(args, "Oiip", &obj, &qmin, &qmax, &symmetric))
+    if (!PyArg_ParseTuple(args, "Oiip", &obj, &qmin, &qmax, &symmetric) || check_codes(qmin, qmax, qmin) < 0)
         return NULL;
     Py_buffer x;
     if (get_buffer(obj, &x, 0, 4, "x") < 0)
@@ -276,7 +293,7 @@ static PyObject *py_quantize(PyObject *self, PyObject *args)
     PyObject *xo, *oo;
     float scale;
     int zp, qmin, qmax;
-    if (!PyArg_ParseTuple(args, "OOfiii", &xo, &oo, &scale, &zp, &qmin, &qmax))
+    if (!PyArg_ParseTuple(args, "OOfiii", &xo, &oo, &scale, &zp, &qmin, &qmax) || check_codes(qmin, qmax, zp) < 0)
         return NULL;
     if (!(scale > 0.0f) || isinf(scale)) {
         PyErr_SetString(PyExc_ValueError, "scale must be finite and positive");
@@ -350,7 +367,9 @@ static int parse_dims(PyObject *dims, Py_ssize_t n, Layout *d)
 {
     if (!PyArg_ParseTuple(dims, "nnn", &d->outer, &d->channels, &d->inner))
         return -1;
-    if (d->outer < 1 || d->channels < 1 || d->inner < 1 || d->outer * d->channels * d->inner != n) {
+    /* each product checked against n before it is formed: no overflow */
+    if (d->outer < 1 || d->channels < 1 || d->inner < 1 || d->outer > n / d->channels ||
+        d->outer * d->channels > n / d->inner || d->outer * d->channels * d->inner != n) {
         PyErr_SetString(PyExc_ValueError, "dims must be positive (outer, channels, inner) with a product of the element count");
         return -1;
     }
@@ -363,7 +382,8 @@ static PyObject *py_quantize_dynamic_ch(PyObject *self, PyObject *args)
 {
     PyObject *obj, *dims;
     int qmin, qmax, symmetric;
-    if (!PyArg_ParseTuple(args, "OO!iip", &obj, &PyTuple_Type, &dims, &qmin, &qmax, &symmetric))
+    if (!PyArg_ParseTuple(args, "OO!iip", &obj, &PyTuple_Type, &dims, &qmin, &qmax, &symmetric) ||
+        check_codes(qmin, qmax, qmin) < 0)
         return NULL;
     Py_buffer x;
     if (get_buffer(obj, &x, 0, 4, "x") < 0)
@@ -415,7 +435,8 @@ static PyObject *py_quantize_dynamic_ch(PyObject *self, PyObject *args)
 
 /* C scales (little-endian float32 bytes, each finite and positive) and zero points (bytes) into
  * arrays the kernels take; *scale is freed with PyMem_Free (the zero points live after it) */
-static int channel_params(PyObject *so, PyObject *zo, Py_ssize_t nch, int is_signed, float **scale, int **zp)
+static int channel_params(PyObject *so, PyObject *zo, Py_ssize_t nch, int is_signed, int qmin, int qmax,
+                          float **scale, int **zp)
 {
     Py_buffer s, z;
     if (get_buffer(so, &s, 0, 1, "scales") < 0)
@@ -439,8 +460,8 @@ static int channel_params(PyObject *so, PyObject *zo, Py_ssize_t nch, int is_sig
     for (Py_ssize_t c = 0; c < nch; c++) {
         uint8_t b = ((const uint8_t *)z.buf)[c];
         (*zp)[c] = is_signed ? (int)(int8_t)b : (int)b;
-        if (!((*scale)[c] > 0.0f) || isinf((*scale)[c])) {
-            PyErr_SetString(PyExc_ValueError, "scales must be finite and positive");
+        if (!((*scale)[c] > 0.0f) || isinf((*scale)[c]) || (*zp)[c] < qmin || (*zp)[c] > qmax) {
+            PyErr_SetString(PyExc_ValueError, "scales must be finite and positive, zero points within the codes");
             PyMem_Free(*scale);
             goto done;
         }
@@ -458,7 +479,8 @@ static PyObject *py_quantize_ch(PyObject *self, PyObject *args)
 {
     PyObject *xo, *oo, *dims, *so, *zo;
     int qmin, qmax, symmetric;
-    if (!PyArg_ParseTuple(args, "OOO!OOiip", &xo, &oo, &PyTuple_Type, &dims, &so, &zo, &qmin, &qmax, &symmetric))
+    if (!PyArg_ParseTuple(args, "OOO!OOiip", &xo, &oo, &PyTuple_Type, &dims, &so, &zo, &qmin, &qmax, &symmetric) ||
+        check_codes(qmin, qmax, qmin) < 0)
         return NULL;
     Py_buffer x, out;
     if (get_buffer(xo, &x, 0, 4, "x") < 0)
@@ -473,7 +495,7 @@ static PyObject *py_quantize_ch(PyObject *self, PyObject *args)
     int *zp = NULL, nan = 0, ok = 0;
     if (out.len != n)
         PyErr_SetString(PyExc_ValueError, "out must have one byte per element of x");
-    else if (parse_dims(dims, n, &d) == 0 && channel_params(so, zo, d.channels, symmetric, &scale, &zp) == 0) {
+    else if (parse_dims(dims, n, &d) == 0 && channel_params(so, zo, d.channels, symmetric, qmin, qmax, &scale, &zp) == 0) {
         const float *xs = (const float *)x.buf;
         Py_BEGIN_ALLOW_THREADS;
         nan = quantize_layout(xs, d, scale, zp, qmin, qmax, (uint8_t *)out.buf) && any_nan(xs, n);
@@ -507,7 +529,7 @@ static PyObject *py_dequantize_ch(PyObject *self, PyObject *args)
     int *zp = NULL, ok = 0;
     if (out.len != 4 * q.len)
         PyErr_SetString(PyExc_ValueError, "out must have one float32 per code");
-    else if (parse_dims(dims, q.len, &d) == 0 && channel_params(so, zo, d.channels, is_signed, &scale, &zp) == 0) {
+    else if (parse_dims(dims, q.len, &d) == 0 && channel_params(so, zo, d.channels, is_signed, is_signed ? -128 : 0, is_signed ? 127 : 255, &scale, &zp) == 0) {
         Py_BEGIN_ALLOW_THREADS;
         dequantize_layout((const uint8_t *)q.buf, d, scale, zp, is_signed, (float *)out.buf);
         Py_END_ALLOW_THREADS;

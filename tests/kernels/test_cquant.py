@@ -124,8 +124,22 @@ def test_nan_and_inf_are_left_to_the_numpy_path() -> None:
 def test_refuses_wrong_buffers() -> None:
     assert C is not None
     x = np.ones(8, np.float32)
-    with pytest.raises(ValueError, match="4-byte items"):
+    with pytest.raises(ValueError, match="must hold float32"):
         C.quantize_dynamic(np.ones(8, np.float64), 0, 255, False)
+    with pytest.raises(ValueError, match="must hold float32"):  # right size, wrong kind
+        C.quantize_dynamic(np.ones(8, np.int32), 0, 255, False)
+    with pytest.raises(ValueError, match="must hold float16"):
+        C.from_f16(np.ones(8, np.int16), np.empty(8, np.float32))
+    with pytest.raises(ValueError, match="zero_point <= qmax"):
+        C.quantize(x, np.empty(8, np.uint8), 0.5, 300, 0, 255)
+    with pytest.raises(ValueError, match="zero points within"):
+        C.quantize_ch(
+            x, np.empty(8, np.uint8), (1, 2, 4), np.ones(2, "<f4").tobytes(), bytes([3, 20]), 0, 15, False
+        )
+    with pytest.raises(ValueError, match="dims must be positive"):  # products that would overflow
+        C.quantize_dynamic_ch(x, (2**40, 2**40, 8), 0, 255, False)
+    with pytest.raises(ValueError, match="dims must be positive"):
+        C.dequantize_ch(np.ones(8, np.uint8), np.empty(8, np.float32), (4, 4, 1), bytes(16), bytes(4), False)
     with pytest.raises(ValueError, match="empty"):
         C.quantize_dynamic(np.ones(0, np.float32), 0, 255, False)
     with pytest.raises(ValueError, match="one byte per element"):

@@ -67,6 +67,25 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t i
     return 0;
 }
 
+/* input and output of an elementwise call: as many items out as in */
+static int get_pair(PyObject *io, Py_ssize_t in_size, const char *in_what, PyObject *oo, Py_ssize_t out_size,
+                    Py_buffer *in, Py_buffer *out)
+{
+    if (get_buffer(io, in, 0, in_size, in_what) < 0)
+        return -1;
+    if (get_buffer(oo, out, 1, out_size, "out") < 0) {
+        PyBuffer_Release(in);
+        return -1;
+    }
+    if (in->len / in_size != out->len / out_size) {
+        PyErr_Format(PyExc_ValueError, "out must have one item per item of %s", in_what);
+        PyBuffer_Release(in);
+        PyBuffer_Release(out);
+        return -1;
+    }
+    return 0;
+}
+
 /* code range and zero point of a call: int8 or uint8 codes, qmin <= zero point <= qmax */
 static int check_codes(int qmin, int qmax, int zp)
 {
@@ -300,27 +319,17 @@ static PyObject *py_quantize(PyObject *self, PyObject *args)
         return NULL;
     }
     Py_buffer x, out;
-    if (get_buffer(xo, &x, 0, 4, "x") < 0)
+    if (get_pair(xo, 4, "x", oo, 1, &x, &out) < 0)
         return NULL;
-    if (get_buffer(oo, &out, 1, 1, "out") < 0) {
-        PyBuffer_Release(&x);
-        return NULL;
-    }
     Py_ssize_t n = x.len / 4;
-    int ok = out.len == n, nan = 0;
-    if (ok) {
-        const float *xs = (const float *)x.buf;
-        Layout d = {1, 1, n};
-        Py_BEGIN_ALLOW_THREADS;
-        nan = quantize_layout(xs, d, &scale, &zp, qmin, qmax, (uint8_t *)out.buf) && any_nan(xs, n);
-        Py_END_ALLOW_THREADS;
-    } else {
-        PyErr_SetString(PyExc_ValueError, "out must have one byte per element of x");
-    }
+    const float *xs = (const float *)x.buf;
+    Layout d = {1, 1, n};
+    int nan;
+    Py_BEGIN_ALLOW_THREADS;
+    nan = quantize_layout(xs, d, &scale, &zp, qmin, qmax, (uint8_t *)out.buf) && any_nan(xs, n);
+    Py_END_ALLOW_THREADS;
     PyBuffer_Release(&x);
     PyBuffer_Release(&out);
-    if (!ok)
-        return NULL;
     return PyBool_FromLong(!nan);
 }
 
@@ -333,25 +342,14 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOfip", &qo, &oo, &scale, &zp, &is_signed))
         return NULL;
     Py_buffer q, out;
-    if (get_buffer(qo, &q, 0, 1, "codes") < 0)
+    if (get_pair(qo, 1, "codes", oo, 4, &q, &out) < 0)
         return NULL;
-    if (get_buffer(oo, &out, 1, 4, "out") < 0) {
-        PyBuffer_Release(&q);
-        return NULL;
-    }
-    int ok = out.len == 4 * q.len;
-    if (ok) {
-        Layout d = {1, 1, q.len};
-        Py_BEGIN_ALLOW_THREADS;
-        dequantize_layout((const uint8_t *)q.buf, d, &scale, &zp, is_signed, (float *)out.buf);
-        Py_END_ALLOW_THREADS;
-    } else {
-        PyErr_SetString(PyExc_ValueError, "out must have one float32 per code");
-    }
+    Layout d = {1, 1, q.len};
+    Py_BEGIN_ALLOW_THREADS;
+    dequantize_layout((const uint8_t *)q.buf, d, &scale, &zp, is_signed, (float *)out.buf);
+    Py_END_ALLOW_THREADS;
     PyBuffer_Release(&q);
     PyBuffer_Release(&out);
-    if (!ok)
-        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -483,19 +481,13 @@ static PyObject *py_quantize_ch(PyObject *self, PyObject *args)
         check_codes(qmin, qmax, qmin) < 0)
         return NULL;
     Py_buffer x, out;
-    if (get_buffer(xo, &x, 0, 4, "x") < 0)
+    if (get_pair(xo, 4, "x", oo, 1, &x, &out) < 0)
         return NULL;
-    if (get_buffer(oo, &out, 1, 1, "out") < 0) {
-        PyBuffer_Release(&x);
-        return NULL;
-    }
     Py_ssize_t n = x.len / 4;
     Layout d;
     float *scale = NULL;
     int *zp = NULL, nan = 0, ok = 0;
-    if (out.len != n)
-        PyErr_SetString(PyExc_ValueError, "out must have one byte per element of x");
-    else if (parse_dims(dims, n, &d) == 0 && channel_params(so, zo, d.channels, symmetric, qmin, qmax, &scale, &zp) == 0) {
+    if (parse_dims(dims, n, &d) == 0 && channel_params(so, zo, d.channels, symmetric, qmin, qmax, &scale, &zp) == 0) {
         const float *xs = (const float *)x.buf;
         Py_BEGIN_ALLOW_THREADS;
         nan = quantize_layout(xs, d, scale, zp, qmin, qmax, (uint8_t *)out.buf) && any_nan(xs, n);
@@ -518,18 +510,13 @@ static PyObject *py_dequantize_ch(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOO!OOp", &qo, &oo, &PyTuple_Type, &dims, &so, &zo, &is_signed))
         return NULL;
     Py_buffer q, out;
-    if (get_buffer(qo, &q, 0, 1, "codes") < 0)
+    if (get_pair(qo, 1, "codes", oo, 4, &q, &out) < 0)
         return NULL;
-    if (get_buffer(oo, &out, 1, 4, "out") < 0) {
-        PyBuffer_Release(&q);
-        return NULL;
-    }
     Layout d;
     float *scale = NULL;
     int *zp = NULL, ok = 0;
-    if (out.len != 4 * q.len)
-        PyErr_SetString(PyExc_ValueError, "out must have one float32 per code");
-    else if (parse_dims(dims, q.len, &d) == 0 && channel_params(so, zo, d.channels, is_signed, is_signed ? -128 : 0, is_signed ? 127 : 255, &scale, &zp) == 0) {
+    if (parse_dims(dims, q.len, &d) == 0 &&
+        channel_params(so, zo, d.channels, is_signed, is_signed ? -128 : 0, is_signed ? 127 : 255, &scale, &zp) == 0) {
         Py_BEGIN_ALLOW_THREADS;
         dequantize_layout((const uint8_t *)q.buf, d, scale, zp, is_signed, (float *)out.buf);
         Py_END_ALLOW_THREADS;
@@ -722,35 +709,24 @@ static PyObject *f16_convert(PyObject *args, int to_half)
         return NULL;
     }
     Py_buffer in, out;
-    if (get_buffer(io, &in, 0, to_half ? 4 : 2, "input") < 0)
+    if (get_pair(io, to_half ? 4 : 2, "input", oo, to_half ? 2 : 4, &in, &out) < 0)
         return NULL;
-    if (get_buffer(oo, &out, 1, to_half ? 2 : 4, "out") < 0) {
-        PyBuffer_Release(&in);
-        return NULL;
-    }
     Py_ssize_t n = in.len / in.itemsize;
-    int ok = out.len / out.itemsize == n;
-    if (ok) {
-        Py_BEGIN_ALLOW_THREADS;
+    Py_BEGIN_ALLOW_THREADS;
 #if defined(HAVE_F16C_DISPATCH)
-        if (to_half)
-            to_f16_f16c((const float *)in.buf, (uint16_t *)out.buf, n);
-        else
-            from_f16_f16c((const uint16_t *)in.buf, (float *)out.buf, n);
+    if (to_half)
+        to_f16_f16c((const float *)in.buf, (uint16_t *)out.buf, n);
+    else
+        from_f16_f16c((const uint16_t *)in.buf, (float *)out.buf, n);
 #elif defined(__aarch64__)
-        if (to_half)
-            to_f16_native((const float *)in.buf, (uint16_t *)out.buf, n);
-        else
-            from_f16_native((const uint16_t *)in.buf, (float *)out.buf, n);
+    if (to_half)
+        to_f16_native((const float *)in.buf, (uint16_t *)out.buf, n);
+    else
+        from_f16_native((const uint16_t *)in.buf, (float *)out.buf, n);
 #endif
-        Py_END_ALLOW_THREADS;
-    } else {
-        PyErr_SetString(PyExc_ValueError, "out must have one element per input element");
-    }
+    Py_END_ALLOW_THREADS;
     PyBuffer_Release(&in);
     PyBuffer_Release(&out);
-    if (!ok)
-        return NULL;
     Py_RETURN_NONE;
 }
 

@@ -142,11 +142,11 @@ def test_refuses_wrong_buffers() -> None:
         C.dequantize_ch(np.ones(8, np.uint8), np.empty(8, np.float32), (4, 4, 1), bytes(16), bytes(4), False)
     with pytest.raises(ValueError, match="empty"):
         C.quantize_dynamic(np.ones(0, np.float32), 0, 255, False)
-    with pytest.raises(ValueError, match="one byte per element"):
+    with pytest.raises(ValueError, match="one item per item of x"):
         C.quantize(x, np.empty(7, np.uint8), 0.5, 0, 0, 255)
     with pytest.raises(ValueError, match="finite and positive"):
         C.quantize(x, np.empty(8, np.uint8), 0.0, 0, 0, 255)
-    with pytest.raises(ValueError, match="one float32 per code"):
+    with pytest.raises(ValueError, match="one item per item of codes"):
         C.dequantize(np.ones(8, np.uint8), np.empty(9, np.float32), 0.5, 0, False)
     with pytest.raises(ValueError, match="bits must be 4 or 2"):
         C.pack(np.zeros(8, np.uint8), 3)

@@ -40,6 +40,7 @@ def collect(sysfs_root: str = "/") -> dict[str, Any]:
     from splitpipe.devices.profile import builtin_profile_names, load_profile, read_profile_file
     from splitpipe.devices.runtimes import available_runners
     from splitpipe.errors import SplitpipeError
+    from splitpipe.kernels import quant
 
     profiles = [load_profile(name) for name in builtin_profile_names()]
     local_path = local_profile_path()
@@ -79,6 +80,7 @@ def collect(sysfs_root: str = "/") -> dict[str, Any]:
         "detected_meter": {"name": meter.name, "source": meter.source, "measured": meter.measured},
         "runtimes": {n: {"available": r is None, "reason": r} for n, r in available_runners().items()},
         "onnxruntime": {"version": ort.__version__, "providers": ort.get_available_providers()},
+        "codec_kernels": {"compiled": quant.C is not None, "reason": quant.C_MISSING},
     }
 
 
@@ -165,6 +167,13 @@ def _print_footer(data: dict[str, Any], say: Any) -> None:
     kind = "measured" if det["measured"] else "ESTIMATED (no sensor)"
     say(f"energy here: {det['source']} -> {kind}")
     say(f"onnxruntime {data['onnxruntime']['version']}: {', '.join(data['onnxruntime']['providers'])}")
+    kernels = data["codec_kernels"]
+    if kernels["compiled"]:
+        say("codec kernels: compiled (splitpipe.kernels._cquant)")
+    else:
+        say(
+            f"codec kernels: {kernels['reason']}; the codecs use ONNX Runtime kernels (slower on small tensors)"
+        )
     if data["local_profile"]["note"]:
         say(data["local_profile"]["note"])
 

@@ -36,18 +36,20 @@ from splitpipe.kernels import _ort
 from splitpipe.kernels._spec import CodecSpec
 
 
-def _compiled() -> ModuleType | None:
+def _compiled() -> tuple[ModuleType | None, str | None]:
+    """(the compiled kernels, None), or (None, why not)."""
     if os.environ.get("SPLITPIPE_NO_CKERNELS", "") not in ("", "0"):
-        return None
+        return None, "turned off by SPLITPIPE_NO_CKERNELS"
     try:
         from splitpipe.kernels import _cquant  # type: ignore[attr-defined]
-    except ImportError:  # not built (no compiler at install): ONNX Runtime kernels instead
-        return None
-    return _cquant
+    except ImportError as exc:  # not built (no compiler at install): ONNX Runtime kernels instead
+        return None, f"not built ({exc}); reinstall with a C compiler"
+    return _cquant, None
 
 
-#: the compiled kernels, or None; tests set it to None to exercise the ONNX Runtime path
-C: ModuleType | None = _compiled()
+#: the compiled kernels, or None (then ``C_MISSING`` says why); tests set it to None to exercise
+#: the ONNX Runtime path
+C, C_MISSING = _compiled()
 
 _TINY = float(np.finfo(np.float32).tiny)
 _RANGE_LIMIT = 2.0**126

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -38,6 +39,22 @@ def test_devices_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert data["runtimes"]["ort"]["available"] is True
     assert data["detected_meter"]["measured"] is False  # no sensor on this machine
     assert "not measured yet" in data["local_profile"]["note"]
+    assert data["codec_kernels"] == {"compiled": True, "reason": None}  # built by make venv
+
+
+def test_devices_says_when_the_codec_kernels_are_missing() -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SPLITPIPE_NO_CKERNELS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "splitpipe", "devices"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert (
+        "codec kernels: turned off by SPLITPIPE_NO_CKERNELS; the codecs use ONNX Runtime kernels"
+        in out.stdout
+    )
 
 
 def test_devices_tables(capsys: pytest.CaptureFixture[str]) -> None:

@@ -94,6 +94,8 @@ def side_by_side(
 def machine() -> dict[str, Any]:
     import onnxruntime
 
+    from splitpipe.kernels import quant
+
     return {
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -101,6 +103,8 @@ def machine() -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
         "loadavg": os.getloadavg(),
+        # which fast path the codecs took: the compiled kernels, or ONNX Runtime (and why)
+        "codec_kernels": "compiled" if quant.C is not None else f"onnxruntime: {quant.C_MISSING}",
     }
 
 

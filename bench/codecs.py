@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     path = util.write_json("codecs", {"machine": info, "measured": True, "rows": rows})
     print(_summary(rows))
     print(f"load average before/after: {load_before} / {info['loadavg']} (2 cores shared: >1 means busy)")
+    print(f"codec fast path: {info['codec_kernels']}")
     print(f"wrote {path}")
     return 0
 

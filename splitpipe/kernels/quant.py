@@ -15,8 +15,8 @@ Definitions (docs/codecs.md):
   saturated: the range is taken over the finite values and inf maps to the end codes.
 
 The fast paths, in order of preference: the compiled kernels of ``splitpipe.kernels._cquant``
-(built at install when a C compiler is there; per-tensor int8/uint4/uint2 and fp16), then tiny
-ONNX Runtime graphs (splitpipe.kernels._ort), then the references. ``*_ref`` functions are the
+(built at install when a C compiler is there; int8/uint4/uint2 per tensor and per channel, bit
+packing, fp16), then tiny ONNX Runtime graphs (splitpipe.kernels._ort), then the references. ``*_ref`` functions are the
 obvious numpy/Python versions the tests compare both fast paths with. Setting the environment
 variable ``SPLITPIPE_NO_CKERNELS=1`` before import turns the compiled kernels off.
 """
@@ -287,12 +287,7 @@ def dequantize_compiled_ch(
 
 
 def dequantize(q: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int | None) -> np.ndarray:
-    if C is not None and q.size:
-        signed = q.dtype == np.int8
-        if axis is None:
-            return dequantize_compiled(q, q.shape, float(scale), int(zp), signed)
-        s32, z8 = scale.astype("<f4").tobytes(), zp.tobytes()
-        return dequantize_compiled_ch(q, q.shape, s32, z8, axis, signed)
+    """The ONNX Runtime path (the decoder calls :func:`dequantize_compiled` when it can)."""
     qin = as_channels(q, axis) if axis is not None else q
     try:
         return _ort.dequantize(qin, scale, zp).reshape(q.shape)

@@ -39,7 +39,8 @@ def test_devices_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert data["runtimes"]["ort"]["available"] is True
     assert data["detected_meter"]["measured"] is False  # no sensor on this machine
     assert "not measured yet" in data["local_profile"]["note"]
-    assert data["codec_kernels"] == {"compiled": True, "reason": None}  # built by make venv
+    if os.environ.get("SPLITPIPE_NO_CKERNELS", "") in ("", "0"):
+        assert data["codec_kernels"] == {"compiled": True, "reason": None}  # built by make venv
 
 
 def test_devices_says_when_the_codec_kernels_are_missing() -> None:

@@ -15,7 +15,7 @@ from splitpipe.kernels import quant
 def fast_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     if request.param == "compiled":
         if quant.C is None:
-            pytest.skip("splitpipe.kernels._cquant is not built (see test_cquant.py)")
+            pytest.skip(f"compiled kernels: {quant.C_MISSING}")
     else:
         monkeypatch.setattr(quant, "C", None)
     yield request.param

@@ -18,7 +18,7 @@ from splitpipe.kernels import get_codec, pack, quant
 from splitpipe.kernels._spec import parse_name
 
 C = quant.C
-needs_c = pytest.mark.skipif(C is None, reason="splitpipe.kernels._cquant is not built")
+needs_c = pytest.mark.skipif(C is None, reason=f"compiled kernels: {quant.C_MISSING}")
 SPECS = [parse_name(n) for n in ("int8", "int8/sym", "uint4", "uint2")]
 
 

@@ -90,6 +90,7 @@ def test_plan_json_plot_and_export(tmp_path: Path) -> None:
     proc = splitpipe("plan", *TINY, "--link", "5mbit,40ms", "--json", str(plan_json), "--plot", str(png))
     assert proc.returncode == 0, proc.stderr
     assert "local" in proc.stdout and "offload" in proc.stdout and "Best per objective" in proc.stdout
+    assert "Codec times on the " in " ".join(proc.stdout.split())  # which codec fast path was measured
     plan = json.loads(plan_json.read_text())
     assert plan["link"] == {"bandwidth_mbps": 5.0, "rtt_ms": 40.0}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -543,9 +543,17 @@ def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Anal
             "graph_nodes": graph.n,
             "cuts": len(cuts),
             "max_cut_tensors": req.max_cut_tensors,
+            "codec_path": _codec_path(),
         },
         planning_s=time.perf_counter() - started,
     )
+
+
+def _codec_path() -> str:
+    """Which fast path the measured encode/decode times ran on (docs/codecs.md)."""
+    from splitpipe.kernels import quant
+
+    return "compiled kernels" if quant.C is not None else f"ONNX Runtime kernels ({quant.C_MISSING})"
 
 
 __all__ = ["OBJECTIVES", "Analysis", "Option", "Plan", "PlanRequest", "analyse", "make_plan", "read_plan"]

@@ -80,6 +80,7 @@ def print_plan(plan: Plan, *, only_pareto: bool = False, console: Any = None) ->
     console.print(
         f"~ estimated, otherwise measured ({plan.device['method']}; server: {plan.server['method']}). "
         f"Energy: {plan.device.get('energy_source')}. link ms = uplink + RTT + reply."
+        + (f" Codec times on the {path}." if (path := plan.profiling.get("codec_path")) else "")
     )
     names = {o.id: o for o in plan.options()}
     best = ", ".join(

@@ -65,6 +65,10 @@ def test_plan_json_round_trip_and_replay(tiny_plan: Plan, tmp_path: Path) -> Non
     for key in ["model", "input_shape", "device", "server", "link", "codec", "candidates", "baselines"]:
         assert key in data
     assert data["link"] == {"bandwidth_mbps": 20.0, "rtt_ms": 10.0}
+    from splitpipe.kernels import quant
+
+    # what the codec times were measured on
+    assert data["profiling"]["codec_path"].startswith("compiled" if quant.C else "ONNX Runtime kernels")
     for key in [
         "id",
         "tensors",

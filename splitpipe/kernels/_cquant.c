@@ -535,7 +535,8 @@ static PyObject *py_dequantize_ch(PyObject *self, PyObject *args)
 HOT static void pack_run(const uint8_t *restrict c, Py_ssize_t n, int bits, uint8_t *restrict out)
 {
     const uint8_t mask = (uint8_t)((1u << bits) - 1u);
-    Py_ssize_t full = bits == 4 ? n / 2 : n / 4;
+    int per = 8 / bits;
+    Py_ssize_t full = n / per;
     if (bits == 4) {
         for (Py_ssize_t j = 0; j < full; j++)
             out[j] = (uint8_t)((c[2 * j] & mask) | (c[2 * j + 1] & mask) << 4);
@@ -544,7 +545,6 @@ HOT static void pack_run(const uint8_t *restrict c, Py_ssize_t n, int bits, uint
             out[j] = (uint8_t)((c[4 * j] & mask) | (c[4 * j + 1] & mask) << 2 | (c[4 * j + 2] & mask) << 4 |
                                (c[4 * j + 3] & mask) << 6);
     }
-    int per = 8 / bits;
     if (full * per < n) { /* the last byte, its high bits zero */
         uint8_t b = 0;
         for (Py_ssize_t i = full * per; i < n; i++)
@@ -650,7 +650,7 @@ static PyObject *py_unpack(PyObject *self, PyObject *args)
 /* ---- float16 -------------------------------------------------------------------------------- */
 
 #if defined(HAVE_F16C_DISPATCH)
-__attribute__((target("avx,f16c"))) static void to_f16_f16c(const float *x, uint16_t *h, Py_ssize_t n)
+__attribute__((target("avx,f16c"))) static void to_f16_run(const float *x, uint16_t *h, Py_ssize_t n)
 {
     Py_ssize_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -659,7 +659,7 @@ __attribute__((target("avx,f16c"))) static void to_f16_f16c(const float *x, uint
         h[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT);
 }
 
-__attribute__((target("avx,f16c"))) static void from_f16_f16c(const uint16_t *h, float *x, Py_ssize_t n)
+__attribute__((target("avx,f16c"))) static void from_f16_run(const uint16_t *h, float *x, Py_ssize_t n)
 {
     Py_ssize_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -676,14 +676,14 @@ static int have_f16c(void)
 #define F16_AVAILABLE have_f16c()
 #elif defined(__aarch64__)
 /* aarch64 has float16 conversions in its base instruction set (fcvt / fcvtl / fcvtn) */
-static void to_f16_native(const float *x, uint16_t *h, Py_ssize_t n)
+static void to_f16_run(const float *x, uint16_t *h, Py_ssize_t n)
 {
     for (Py_ssize_t i = 0; i < n; i++) {
         __fp16 v = (__fp16)x[i];
         memcpy(h + i, &v, 2);
     }
 }
-static void from_f16_native(const uint16_t *h, float *x, Py_ssize_t n)
+static void from_f16_run(const uint16_t *h, float *x, Py_ssize_t n)
 {
     for (Py_ssize_t i = 0; i < n; i++) {
         __fp16 v;
@@ -693,6 +693,9 @@ static void from_f16_native(const uint16_t *h, float *x, Py_ssize_t n)
 }
 #define F16_AVAILABLE 1
 #else
+/* no conversion instructions: f16_convert refuses before it would call these */
+static void to_f16_run(const float *x, uint16_t *h, Py_ssize_t n) { (void)x, (void)h, (void)n; }
+static void from_f16_run(const uint16_t *h, float *x, Py_ssize_t n) { (void)x, (void)h, (void)n; }
 #define F16_AVAILABLE 0
 #endif
 
@@ -713,17 +716,10 @@ static PyObject *f16_convert(PyObject *args, int to_half)
         return NULL;
     Py_ssize_t n = in.len / in.itemsize;
     Py_BEGIN_ALLOW_THREADS;
-#if defined(HAVE_F16C_DISPATCH)
     if (to_half)
-        to_f16_f16c((const float *)in.buf, (uint16_t *)out.buf, n);
+        to_f16_run((const float *)in.buf, (uint16_t *)out.buf, n);
     else
-        from_f16_f16c((const uint16_t *)in.buf, (float *)out.buf, n);
-#elif defined(__aarch64__)
-    if (to_half)
-        to_f16_native((const float *)in.buf, (uint16_t *)out.buf, n);
-    else
-        from_f16_native((const uint16_t *)in.buf, (float *)out.buf, n);
-#endif
+        from_f16_run((const uint16_t *)in.buf, (float *)out.buf, n);
     Py_END_ALLOW_THREADS;
     PyBuffer_Release(&in);
     PyBuffer_Release(&out);

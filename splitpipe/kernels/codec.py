@@ -164,7 +164,7 @@ class Codec:
                 )
             if ref:
                 quant.value_range_ref(x32, None)  # only for its NaN check
-            else:
+            elif quant.C is None:  # the compiled quantize refuses NaN itself, in its one pass
                 quant.check_no_nan(x32)
             kw = dict(static, axis=axis) if axis is not None else static
         elif axis is None and not ref:

@@ -58,13 +58,8 @@ int main(int argc, char **argv)
         fwrite(codes, 1, nch * inner, o);
         fwrite(y, 4, nch * inner, o);
     }
-#if defined(__aarch64__)
-    to_f16_native(x, h, n);
-    from_f16_native(h, y, n);
-#else
-    to_f16_f16c(x, h, n);
-    from_f16_f16c(h, y, n);
-#endif
+    to_f16_run(x, h, n);
+    from_f16_run(h, y, n);
     fwrite(h, 2, n, o);
     fwrite(y, 4, n, o);
     fclose(o);

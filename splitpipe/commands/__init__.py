@@ -6,4 +6,15 @@ handler ``(args) -> int``. Modules import only the standard library at top level
 """
 
 #: modules in the order ``splitpipe --help`` lists them
-COMMANDS: list[str] = ["plan", "export", "devices", "serve", "profile", "testbed", "agent", "demo", "bench"]
+COMMANDS: list[str] = [
+    "plan",
+    "export",
+    "devices",
+    "serve",
+    "triton_repo",
+    "profile",
+    "testbed",
+    "agent",
+    "demo",
+    "bench",
+]

@@ -1,0 +1,218 @@
+"""Tails for a stock Triton server: model repository entries written from export directories.
+
+Triton's ONNX Runtime backend runs ``tail.onnx`` as it is, so the cut has to arrive as plain
+tensors: an export with codec ``raw``, or one whose int8 quantization is folded into the graphs
+(``splitpipe export --fold-qdq`` with no lossless stage), which sends int8 and lets the tail's
+DequantizeLinear undo it. The agent sends such tensors as plain ``raw_input_contents`` without
+codec parameters, which is what Triton reads. Each entry is::
+
+    REPO/NAME/config.pbtxt     platform onnxruntime_onnx, inputs and outputs, batching, instances
+    REPO/NAME/1/model.onnx     the export's tail.onnx (sha256 checked)
+    REPO/NAME/splitpipe.json   where it came from (export directory, split, sha256)
+
+Entries are written beside their final place and moved there whole; an existing folder is
+replaced only if splitpipe wrote it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from splitpipe.errors import SplitpipeError, choices
+from splitpipe.server.datatypes import kserve_datatype
+from splitpipe.server.models import TailModel, load_tails, sha256_file
+from splitpipe.server.options import ServerOptions
+
+MARKER = "splitpipe.json"
+MARKER_FORMAT = "splitpipe-triton-entry"
+KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    """- ``max_batch``: Triton's ``max_batch_size`` for tails with a free batch dimension
+      (others get 0: no batching).
+    - ``queue_delay_us``: ``dynamic_batching.max_queue_delay_microseconds``.
+    - ``instances``, ``kind``: one ``instance_group`` (``auto``, ``cpu`` or ``gpu``).
+    - ``tensorrt``: run the tail through ONNX Runtime's TensorRT execution provider on GPUs
+      (``optimization.execution_accelerators``)."""
+
+    max_batch: int = 8
+    queue_delay_us: int = 0
+    instances: int = 1
+    kind: str = "auto"
+    tensorrt: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.instances < 1:
+            raise SplitpipeError(
+                f"max batch and instances must be at least 1, got {self.max_batch} and {self.instances}"
+            )
+        if self.queue_delay_us < 0:
+            raise SplitpipeError(f"queue delay must be >= 0 microseconds, got {self.queue_delay_us}")
+        if self.kind not in KINDS:
+            raise choices("instance kind", self.kind, list(KINDS))
+        if self.tensorrt and self.kind == "cpu":
+            raise SplitpipeError("TensorRT runs on GPUs: use --kind gpu or auto with --tensorrt")
+
+
+def _quote(text: str) -> str:
+    """A protobuf text-format string literal (UTF-8 bytes outside printable ASCII as octal)."""
+    out = []
+    for byte in text.encode():
+        char = chr(byte)
+        if char in '"\\':
+            out.append("\\" + char)
+        elif 0x20 <= byte < 0x7F:
+            out.append(char)
+        else:
+            out.append(f"\\{byte:03o}")
+    return '"' + "".join(out) + '"'
+
+
+def _tensor(spec: Any, batched: bool) -> list[str]:
+    dims = [-1 if d is None else int(d) for d in (spec.shape[1:] if batched else spec.shape)]
+    lines = [
+        "  {",
+        f"    name: {_quote(spec.name)}",
+        f"    data_type: TYPE_{kserve_datatype(spec.dtype)}",
+    ]
+    if dims:
+        lines.append(f"    dims: [ {', '.join(map(str, dims))} ]")
+    else:  # Triton wants at least one dim: a per-row scalar is [1], reshaped to []
+        lines += ["    dims: [ 1 ]", "    reshape: { shape: [ ] }"]
+    return [*lines, "  }"]
+
+
+def model_config(model: TailModel, options: TritonOptions) -> str:
+    """The ``config.pbtxt`` of one tail (Triton's ModelConfig in protobuf text format)."""
+    split = model.manifest.get("split") or {}
+    batched = model.batchable
+    lines = [
+        f"# written by splitpipe from the export {model.directory.resolve()}",
+        f"# split {split.get('id')} of {model.manifest.get('model')} ({split.get('label', '')})",
+        f"name: {_quote(model.name)}",
+        'platform: "onnxruntime_onnx"',
+        f"max_batch_size: {options.max_batch if batched else 0}",
+    ]
+    for key, specs in (("input", model.inputs), ("output", model.outputs)):
+        lines.append(f"{key} [")
+        for i, spec in enumerate(specs):
+            block = _tensor(spec, batched)
+            if i < len(specs) - 1:
+                block[-1] += ","
+            lines += block
+        lines.append("]")
+    if batched:
+        lines += ["dynamic_batching {", f"  max_queue_delay_microseconds: {options.queue_delay_us}", "}"]
+    lines += [
+        "instance_group [",
+        "  {",
+        f"    count: {options.instances}",
+        f"    kind: {KINDS[options.kind]}",
+        "  }",
+        "]",
+    ]
+    if options.tensorrt:
+        lines += [
+            "optimization {",
+            "  execution_accelerators {",
+            '    gpu_execution_accelerator: [ { name: "tensorrt" } ]',
+            "  }",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _check_plain(model: TailModel) -> None:
+    from splitpipe.kernels import parse_name
+
+    codec = model.codec or "raw"
+    spec = parse_name(codec)
+    if spec.base == "raw" and spec.entropy is None:
+        return
+    folded = (model.manifest.get("codec") or {}).get("folded")
+    if folded:
+        fix = f"export again with --fold-qdq and codec {folded} (no lossless stage)"
+    else:
+        fix = "export with --codec raw, or with --codec int8/sym --fold-qdq to send int8 that the tail dequantizes"
+    raise SplitpipeError(
+        f"export {model.directory}: its cut travels as codec {codec!r}, which a stock Triton server cannot "
+        f"decode (it reads plain tensors only); {fix}"
+    )
+
+
+@dataclass(frozen=True)
+class TritonEntry:
+    path: Path
+    model: str
+    batched: bool
+    inputs: list[str]  # "name TYPE[dims]" as Triton sees them
+
+
+def write_repository(
+    exports: list[str | Path] | list[Path], repo: str | Path, options: TritonOptions | None = None
+) -> list[TritonEntry]:
+    """Write one Triton model repository entry per export directory into ``repo``.
+
+    Every tail is loaded first (sha256, ONNX Runtime session, manifest agreement: what
+    ``splitpipe serve`` checks) and every codec checked, so that nothing is written unless all
+    exports can be served by Triton."""
+    options = options or TritonOptions()
+    repo = Path(repo)
+    if repo.exists() and not repo.is_dir():
+        raise SplitpipeError(f"{repo} exists and is not a directory; --repo needs a model repository folder")
+    models = load_tails(list(exports), ServerOptions())
+    try:
+        for model in models.values():
+            _check_plain(model)
+            target = repo / model.name
+            if target.exists() and not (target / MARKER).is_file():
+                raise SplitpipeError(
+                    f"{target} exists and was not written by splitpipe; remove it or write to another --repo"
+                )
+        repo.mkdir(parents=True, exist_ok=True)
+        return [_write_entry(model, repo, options) for model in models.values()]
+    finally:
+        for model in models.values():
+            model.close()
+
+
+def _write_entry(model: TailModel, repo: Path, options: TritonOptions) -> TritonEntry:
+    tail = model.manifest["files"]["tail"]
+    source = (model.directory / tail["path"]).resolve()
+    target = repo / model.name
+    tmp = repo / f".{model.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "1").mkdir(parents=True)
+    try:
+        shutil.copyfile(source, tmp / "1" / "model.onnx")
+        digest = sha256_file(tmp / "1" / "model.onnx")
+        if digest != str(tail["sha256"]).lower():  # changed between the check and the copy
+            raise SplitpipeError(f"{source} changed while it was copied; run again")
+        (tmp / "config.pbtxt").write_text(model_config(model, options))
+        marker = {
+            "format": MARKER_FORMAT,
+            "export": str(model.directory.resolve()),
+            "model": model.manifest.get("model"),
+            "split": model.manifest.get("split"),
+            "codec": model.manifest.get("codec"),
+            "files": {"model": {"path": "1/model.onnx", "sha256": digest}},
+        }
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    batched = model.batchable
+    inputs = [
+        f"{s.name} TYPE_{kserve_datatype(s.dtype)}"
+        f"[{', '.join('-1' if d is None else str(d) for d in (s.shape[1:] if batched else s.shape))}]"
+        for s in model.inputs
+    ]
+    return TritonEntry(target, model.name, batched, inputs)

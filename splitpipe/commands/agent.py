@@ -84,6 +84,19 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--max-message-mb", type=int, default=256, help="gRPC message size limit, MiB (default 256)"
     )
+    parser.add_argument(
+        "--tls", action="store_true", help="connect over TLS, verifying the server against the system's roots"
+    )
+    parser.add_argument(
+        "--tls-ca", type=Path, metavar="PEM", help="connect over TLS, verifying the server against this CA"
+    )
+    parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="mutual TLS: the agent's certificate")
+    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="mutual TLS: the key of --tls-cert")
+    parser.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        help="the name the server's certificate must carry, when it differs from the host dialled",
+    )
     parser.set_defaults(func=run)
 
 
@@ -92,9 +105,13 @@ def run(args: argparse.Namespace) -> int:
 
     from splitpipe.edge import Agent, AgentOptions, ClientOptions, parse_source
     from splitpipe.errors import SplitpipeError
+    from splitpipe.tls import ClientTls
 
     if args.threads < 0:
         raise SplitpipeError(f"--threads must be >= 0 (0 lets the runtime choose), got {args.threads}")
+    tls = None
+    if args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name:
+        tls = ClientTls(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
     options = AgentOptions(
         export_dir=args.export_dir,
         server=args.server,
@@ -108,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
             window=args.window,
             connect_timeout_s=args.connect_timeout,
             max_message_bytes=args.max_message_mb * _MIB,
+            tls=tls,
         ),
         log_interval_s=args.log_interval,
         drain_timeout_s=args.drain_timeout,

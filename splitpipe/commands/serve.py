@@ -69,6 +69,14 @@ def register(subparsers: Any) -> None:
         default=10.0,
         help="seconds between rate/latency log lines; 0: off (default 10)",
     )
+    parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve over TLS with this certificate")
+    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
+    parser.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="PEM",
+        help="mutual TLS: accept only clients with a certificate signed by this CA",
+    )
     parser.set_defaults(func=run)
 
 
@@ -77,11 +85,17 @@ def run(args: argparse.Namespace) -> int:
 
     from splitpipe.errors import SplitpipeError
     from splitpipe.server import InferenceServer, ServerOptions, serve
+    from splitpipe.tls import ServerTls
 
     if not 0 <= args.port <= 65535:
         raise SplitpipeError(f"port must be 0..65535, got {args.port}")
     if args.threads < 0:
         raise SplitpipeError(f"threads must be >= 0 (0 lets the runtime choose), got {args.threads}")
+    tls = None
+    if args.tls_cert or args.tls_key or args.tls_client_ca:
+        if not (args.tls_cert and args.tls_key):
+            raise SplitpipeError("TLS needs both --tls-cert and --tls-key")
+        tls = ServerTls(args.tls_cert, args.tls_key, args.tls_client_ca)
     options = ServerOptions(
         max_batch=args.max_batch,
         batch_timeout_us=args.batch_timeout_us,
@@ -93,13 +107,15 @@ def run(args: argparse.Namespace) -> int:
         max_tensor_bytes=args.max_tensor_mb * _MIB,
         grace_s=args.grace,
         log_interval_s=args.log_interval,
+        tls=tls,
     )
     host = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
 
     def ready(server: InferenceServer) -> None:
         # One line on stdout that scripts (and the tests) read; logs go to stderr.
         models = ", ".join(sorted(server.models))
-        print(f"splitpipe serve: listening on {args.host}:{server.port} ({models})", flush=True)
+        scheme = "" if tls is None else (" over TLS" if tls.client_ca is None else " over mutual TLS")
+        print(f"splitpipe serve: listening on {args.host}:{server.port}{scheme} ({models})", flush=True)
         sys.stdout.flush()
 
     return asyncio.run(serve(f"{host}:{args.port}", args.export_dirs, options, on_ready=ready))

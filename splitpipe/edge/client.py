@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from splitpipe.edge.options import ClientOptions
 from splitpipe.errors import SplitpipeError
 from splitpipe.proto.inference import grpc_service_pb2 as pb
 from splitpipe.proto.inference import grpc_service_pb2_grpc as pb_grpc
+from splitpipe.tls import is_handshake_failure
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -83,6 +85,8 @@ class StreamClient:
         self._closing = False
         self._supervisor: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        tls = self.options.tls
+        self._credentials = tls.credentials() if tls is not None else None
 
     # -- public ---------------------------------------------------------------------------------
     @property
@@ -93,7 +97,7 @@ class StreamClient:
         """Connect (waiting for the server with backoff) and open the stream. Raises
         SplitpipeError if the server does not serve the model, or no server answered within
         ``connect_timeout_s``; returns early, unconnected, once ``abort`` is set."""
-        await self._connect(abort)
+        await self._connect(abort, first=True)
         if self._channel is None:
             return
         self._open_stream()
@@ -148,6 +152,13 @@ class StreamClient:
         await self._close_channel()
 
     # -- connection -----------------------------------------------------------------------------
+    def _new_channel(self) -> grpc.aio.Channel:
+        if self._credentials is None:
+            return grpc.aio.insecure_channel(self.address, options=self._channel_options())
+        assert self.options.tls is not None
+        options = self._channel_options() + self.options.tls.channel_options()
+        return grpc.aio.secure_channel(self.address, self._credentials, options=options)
+
     def _channel_options(self) -> list[tuple[str, Any]]:
         o = self.options
         return [
@@ -166,15 +177,17 @@ class StreamClient:
             channel, self._channel, self._call = self._channel, None, None
             await channel.close(grace=None)
 
-    async def _connect(self, abort: asyncio.Event | None) -> None:
-        """Dial until ModelMetadata for our model answers; checks that it takes our inputs."""
+    async def _connect(self, abort: asyncio.Event | None, first: bool = False) -> None:
+        """Dial until ModelMetadata for our model answers; checks that it takes our inputs.
+        On the ``first`` connection a failed TLS handshake is an error at once (certificates or
+        names that do not fit); on reconnects it is retried like any other failure."""
         o = self.options
         delay = o.backoff_initial_s
         started = time.monotonic()
         attempts = 0
         while True:
             await self._close_channel()
-            channel = grpc.aio.insecure_channel(self.address, options=self._channel_options())
+            channel = self._new_channel()
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             attempts += 1
             try:
@@ -186,6 +199,12 @@ class StreamClient:
                 if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED):
                     raise SplitpipeError(f"server {self.address}: {exc.details()}") from None
                 why = f"{exc.code().name}: {(exc.details() or '').splitlines()[0] if exc.details() else ''}"
+                if first and is_handshake_failure(exc.details() or ""):
+                    raise SplitpipeError(
+                        _tls_failure(self.address, exc.details() or "", self.options)
+                    ) from None
+                if "Socket closed" in why:
+                    why += _closed_hint(self.options)
                 waited = time.monotonic() - started
                 if o.connect_timeout_s is not None and waited + delay > o.connect_timeout_s:
                     raise SplitpipeError(
@@ -326,6 +345,32 @@ class StreamClient:
                 self._empty.set()
             self._window.release()
             self.on_reply(entry, reply, arrived)
+
+
+def _tls_failure(address: str, details: str, options: ClientOptions) -> str:
+    """One line for a failed handshake: gRPC's reason without its address list, and a hint."""
+    reason = re.sub(r"^.*?ipv[46]:\S+:\d+: ", "", details.splitlines()[0]).removesuffix(": OK").strip()
+    if "WRONG_VERSION_NUMBER" in details:
+        hint = "the server may not speak TLS (started without --tls-cert?)"
+    elif "Hostname" in details:
+        hint = "the server's certificate is for another name; give --tls-server-name NAME"
+    elif "CERTIFICATE_VERIFY_FAILED" in details:
+        hint = "the server's certificate is not signed by --tls-ca (or the system's roots)"
+    else:
+        hint = (
+            "check the certificates on both sides (a server with --tls-client-ca needs --tls-cert/--tls-key)"
+        )
+    return f"TLS handshake with {address} failed: {reason}; {hint}"
+
+
+def _closed_hint(options: ClientOptions) -> str:
+    """A closed socket is what gRPC reports when the two ends disagree about TLS."""
+    tls = options.tls
+    if tls is None:
+        return "; if the server speaks TLS, connect with --tls-ca"
+    if tls.cert is None:
+        return "; if the server asks for client certificates (--tls-client-ca), give --tls-cert and --tls-key"
+    return "; a server with --tls-client-ca closes connections whose client certificate its CA did not sign"
 
 
 def _describe(exc: BaseException) -> str:

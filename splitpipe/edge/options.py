@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from splitpipe.errors import SplitpipeError, check_output_file
+from splitpipe.tls import ClientTls
 
 MIB = 1 << 20
 
@@ -90,6 +91,8 @@ class ClientOptions:
     - ``max_message_bytes``: gRPC send and receive limit; the server's must be as large.
     - ``keepalive_s``: interval of HTTP/2 keepalive pings on the stream (a dead server or link
       is noticed within about twice this); at least 10 s, the server's minimum.
+    - ``tls``: connect over TLS, verifying the server (and presenting a client certificate
+      for mutual TLS) as it says; None connects in plaintext.
     """
 
     window: int = 4
@@ -99,6 +102,7 @@ class ClientOptions:
     rpc_timeout_s: float = 5.0
     max_message_bytes: int = 256 * MIB
     keepalive_s: float = 20.0
+    tls: ClientTls | None = None
 
     def __post_init__(self) -> None:
         if self.window < 1:

@@ -139,6 +139,7 @@ async def create_server(
     from grpc_reflection.v1alpha import reflection
 
     options = options or ServerOptions()
+    credentials = options.tls.credentials() if options.tls is not None else None
     models = load_tails(list(export_dirs), options)
     try:
         server = grpc.aio.server(options=grpc_options(options))
@@ -148,7 +149,10 @@ async def create_server(
             [SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME], server, pool=_reflection_pool()
         )
         try:
-            port = server.add_insecure_port(address)
+            if credentials is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise SplitpipeError(f"cannot listen on {address}: {exc}") from None
         if port == 0:

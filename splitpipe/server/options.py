@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from splitpipe.errors import SplitpipeError
+from splitpipe.tls import ServerTls
 
 MIB = 1 << 20
 
@@ -29,6 +30,8 @@ class ServerOptions:
     - ``grace_s``: on shutdown, how long requests in flight may take before they are cancelled.
     - ``log_interval_s``: seconds between log lines with request rate and latency; 0 turns
       them off.
+    - ``tls``: serve over TLS with this certificate (and ask clients for theirs when it names
+      a client CA); None serves plaintext.
     """
 
     max_batch: int = 8
@@ -42,6 +45,7 @@ class ServerOptions:
     stream_window: int = 64
     grace_s: float = 10.0
     log_interval_s: float = 0.0
+    tls: ServerTls | None = None
 
     def __post_init__(self) -> None:
         positive = {

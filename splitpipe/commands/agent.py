@@ -21,7 +21,13 @@ def register(subparsers: Any) -> None:
             "the whole model here, with no server. See docs/agent.md."
         ),
     )
-    parser.add_argument("export_dir", type=Path, metavar="EXPORT_DIR", help="written by splitpipe export")
+    parser.add_argument(
+        "export_dirs",
+        nargs="+",
+        type=Path,
+        metavar="EXPORT_DIR",
+        help="written by splitpipe export; several exports of one model: choose the split per frame",
+    )
     parser.add_argument(
         "--server", metavar="HOST:PORT", help="address of splitpipe serve (not for a local export)"
     )
@@ -85,6 +91,20 @@ def register(subparsers: Any) -> None:
         "--max-message-mb", type=int, default=256, help="gRPC message size limit, MiB (default 256)"
     )
     parser.add_argument(
+        "--probe-interval",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="with several exports: send a frame through each idle split every S seconds (default 2)",
+    )
+    parser.add_argument(
+        "--hysteresis",
+        type=float,
+        default=0.15,
+        metavar="F",
+        help="with several exports: switch when another split is predicted F faster (default 0.15)",
+    )
+    parser.add_argument(
         "--tls", action="store_true", help="connect over TLS, verifying the server against the system's roots"
     )
     parser.add_argument(
@@ -104,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     from splitpipe.edge import Agent, AgentOptions, ClientOptions, parse_source
+    from splitpipe.edge.adapt import AdaptOptions
     from splitpipe.errors import SplitpipeError
     from splitpipe.tls import ClientTls
 
@@ -113,7 +134,9 @@ def run(args: argparse.Namespace) -> int:
     if args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name:
         tls = ClientTls(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
     options = AgentOptions(
-        export_dir=args.export_dir,
+        export_dir=args.export_dirs[0],
+        more_exports=tuple(args.export_dirs[1:]),
+        adapt=AdaptOptions(probe_s=args.probe_interval, hysteresis=args.hysteresis),
         server=args.server,
         source=parse_source(args.source, loop=args.loop, seed=args.seed),
         frames=args.frames,

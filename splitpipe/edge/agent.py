@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from splitpipe.edge.adapt import Chooser, Link, Option
 from splitpipe.edge.client import Pending, StreamClient
 from splitpipe.edge.manifest import EdgeExport, load_export
 from splitpipe.edge.options import AgentOptions
@@ -62,6 +63,7 @@ class _Prepared:
     data: bytes | None  # the request; None for a local frame
     outputs: dict[str, np.ndarray] | None  # a local frame's result
     frame_id: str = ""  # the request id
+    option: int = 0  # which export (when adapting among several)
 
 
 class Pacer:
@@ -102,16 +104,24 @@ class Agent:
     ) -> None:
         self.options = options
         self.export = export or load_export(options.export_dir)
-        if not self.export.local and options.server is None:
-            raise SplitpipeError("this export has a tail: give --server HOST:PORT (splitpipe serve)")
-        if self.export.local and options.server is not None:
+        #: the exports frames may run through: one, or several of one model to adapt among
+        self.exports = [self.export, *(load_export(d) for d in options.more_exports)]
+        _check_alternatives(self.exports)
+        remote = [e for e in self.exports if not e.local]
+        if remote and options.server is None:
+            raise SplitpipeError(
+                f"export {remote[0].directory} has a tail: give --server HOST:PORT (splitpipe serve)"
+            )
+        if not remote and options.server is not None:
             _LOGGER.info(
                 "local export: everything runs on the device, --server %s is not used", options.server
             )
         self.on_result = on_result
         self.source = source or open_source(options.source, self.export.inputs, self.export.preprocess)
-        self.builder = None if self.export.local else RequestBuilder(self.export)
-        self.reader = ReplyReader(self.export.outputs)
+        self.builders = [None if e.local else RequestBuilder(e) for e in self.exports]
+        self.readers = [ReplyReader(e.outputs) for e in self.exports]
+        self.builder, self.reader = self.builders[0], self.readers[0]
+        self.chooser: Chooser | None = None  # made at warm-up, with several exports
         #: the latest frames (all of them up to ``max_report_frames``)
         self.records: collections.deque[FrameRecord] = collections.deque(maxlen=options.max_report_frames)
         self.head_thread: bool | None = options.head_thread
@@ -185,19 +195,29 @@ class Agent:
             profile = load_profile(opts.device_profile)
         energy = EnergyShares(detect_meter(profile))
 
-        runner = create_runner(
-            opts.runtime, self.export.head_path, threads=opts.threads, providers=list(opts.providers)
-        )
-        with runner, self.source:
-            self._warm_up(runner)
-            if not self.export.local:
+        with contextlib.ExitStack() as stack:
+            runners = [
+                stack.enter_context(
+                    create_runner(
+                        opts.runtime, e.head_path, threads=opts.threads, providers=list(opts.providers)
+                    )
+                )
+                for e in self.exports
+            ]
+            stack.enter_context(self.source)
+            self._warm_up(runners)
+            remote = [e for e in self.exports if not e.local]
+            if remote:
                 assert opts.server is not None
+                inputs = {e.name: [(t.name, kserve_datatype(t.dtype)) for t in e.cut] for e in remote}
+                first = remote[0].name
                 self._client = StreamClient(
                     opts.server,
-                    self.export.name,
+                    first,
                     self._on_reply,
                     opts.client,
-                    expected_inputs=[(t.name, kserve_datatype(t.dtype)) for t in self.export.cut],
+                    expected_inputs=inputs.pop(first),
+                    more_models=dict(inputs),
                 )
                 await self._client.start(abort=self._stop_async)
             energy.start()
@@ -205,12 +225,12 @@ class Agent:
             worker = None
             if self.head_thread:
                 worker = threading.Thread(
-                    target=self._work, args=(runner, energy), name="splitpipe-head", daemon=True
+                    target=self._work, args=(runners, energy), name="splitpipe-head", daemon=True
                 )
                 worker.start()
                 sender = asyncio.create_task(self._send_prepared())
             else:
-                sender = asyncio.create_task(self._produce_inline(runner, energy))
+                sender = asyncio.create_task(self._produce_inline(runners, energy))
             logger = asyncio.create_task(self._log_lines()) if opts.log_interval_s > 0 else None
             try:
                 await self._drive(sender)
@@ -248,6 +268,19 @@ class Agent:
     def _info(self) -> dict[str, Any]:
         e = self.export
         o = self.options
+        if self.chooser is not None:
+            return {
+                **self._info_of(e, o),
+                "name": [x.name for x in self.exports],
+                "split": [{"id": x.split_id, "label": x.split_label} for x in self.exports],
+                "path": "adaptive",
+                "codec": {x.name: None if x.local else x.codec_name for x in self.exports},
+                "export": [str(x.directory) for x in self.exports],
+                "adapt": self.chooser.to_json(),
+            }
+        return self._info_of(e, o)
+
+    def _info_of(self, e: EdgeExport, o: AgentOptions) -> dict[str, Any]:
         return {
             "export": str(e.directory),
             "model": e.manifest.get("model"),
@@ -265,20 +298,34 @@ class Agent:
             "clock": "durations measured on the device's clock, except 'server' (the server's, from its replies)",
         }
 
-    def _warm_up(self, runner: Any) -> None:
-        """Run the head on frames the source does not count: checks its outputs against the
-        manifest before streaming, and times it to choose where it runs (``head_thread``)."""
+    def _warm_up(self, runners: list[Any]) -> None:
+        """Run each head on frames the source does not count: checks its outputs against the
+        manifest before streaming, and times it to choose where it runs (``head_thread``) and,
+        with several exports, to start the chooser from measured figures."""
         feed = SyntheticSource(self.export.inputs, seed=1 << 30).frame(0)
-        outputs = runner.infer(feed)
-        if self.builder is not None:
-            self.builder.check(outputs)
-        best = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
-            outputs = runner.infer(feed, check=False)
-            if self.builder is not None:
-                self.builder.build("warm-up", outputs)
-            best = min(best, (time.perf_counter() - start) * 1e3)
+        options = []
+        for export, runner, builder in zip(self.exports, runners, self.builders, strict=True):
+            outputs = runner.infer(feed)
+            if builder is not None:
+                builder.check(outputs)
+            best, size = float("inf"), 0
+            for _ in range(3):
+                start = time.perf_counter()
+                outputs = runner.infer(feed, check=False)
+                if builder is not None:
+                    size = len(builder.build("warm-up", outputs).data)
+                best = min(best, (time.perf_counter() - start) * 1e3)
+            planned = export.manifest.get("predictions") or {}
+            server_ms = float(planned.get("decode_ms") or 0) + float(planned.get("tail_ms") or 0)
+            options.append(Option(export.name, not export.local, best, size, server_ms))
+        best = max(o.device_ms for o in options)
+        if len(options) > 1:
+            self.chooser = Chooser(options, _planned_link(self.exports), self.options.adapt)
+            _LOGGER.info(
+                "adapting among %s; starting with %s (predicted from warm-up and the planned link)",
+                ", ".join(o.name for o in options),
+                options[self.chooser.current].name,
+            )
         if self.head_thread is None:
             self.head_thread = best >= INLINE_HEAD_MS
             _LOGGER.info(
@@ -291,29 +338,34 @@ class Agent:
             )
 
     # -- one frame: capture, head, encode (worker thread, or the loop for fast heads) ----------------
-    def _step(self, runner: Any, energy: EnergyShares) -> _Prepared | None:
+    def _step(self, runners: list[Any], energy: EnergyShares) -> _Prepared | None:
         index = self._captured
+        chooser = self.chooser
+        option = 0 if chooser is None else chooser.pick()
         t0 = time.perf_counter()
         feed = self.source.read()
         if feed is None:
             _LOGGER.info("source %s ended after %d frames", self.options.source.describe(), index)
             return None
         t1 = time.perf_counter()
-        outputs = runner.infer(feed, check=False)  # _warm_up checked the head once
+        outputs = runners[option].infer(feed, check=False)  # _warm_up checked the head once
         t2 = time.perf_counter()
-        builder = self.builder
+        builder = self.builders[option]
         record = FrameRecord(index, "local" if builder is None else "remote", t0)
         record.capture_ms = (t1 - t0) * 1e3
         record.head_ms = (t2 - t1) * 1e3
         if builder is None:
-            prepared = _Prepared(record, feed, None, outputs)
+            prepared = _Prepared(record, feed, None, outputs, option=option)
         else:
             frame_id = str(index)
             encoded = builder.build(frame_id, outputs)
             record.encode_ms = encoded.encode_ms
             record.tx_bytes = len(encoded.data)
             record.payload_bytes = encoded.payload_bytes
-            prepared = _Prepared(record, feed, encoded.data, None, frame_id)
+            prepared = _Prepared(record, feed, encoded.data, None, frame_id, option)
+        if chooser is not None:
+            record.split = self.exports[option].name
+            chooser.ran(option, record.device_ms, record.tx_bytes)
         energy.frame_done(record, time.perf_counter())
         self.records.append(record)
         self._captured = index + 1
@@ -323,7 +375,7 @@ class Agent:
         limit = self.options.frames
         return not self._stop.is_set() and (limit is None or self._captured < limit)
 
-    def _work(self, runner: Any, energy: EnergyShares) -> None:
+    def _work(self, runners: list[Any], energy: EnergyShares) -> None:
         """The head worker thread: prepare frames while credits last, hand them to the loop."""
         loop = self._loop
         assert loop is not None
@@ -338,7 +390,7 @@ class Agent:
                 if delay > 0 and stop.wait(delay):
                     return
                 pacer.started()
-                prepared = self._step(runner, energy)
+                prepared = self._step(runners, energy)
                 if prepared is None:
                     return
                 self._hand_over(loop, prepared)
@@ -375,7 +427,7 @@ class Agent:
                 return
             await self._dispatch(item)
 
-    async def _produce_inline(self, runner: Any, energy: EnergyShares) -> None:
+    async def _produce_inline(self, runners: list[Any], energy: EnergyShares) -> None:
         """Fast heads: prepare each frame on the loop, between sends."""
         pacer = Pacer(self.options.fps)
         while self._more():
@@ -387,22 +439,25 @@ class Agent:
                 if self._stop.is_set():
                     return
             pacer.started()
-            prepared = self._step(runner, energy)
+            prepared = self._step(runners, energy)
             if prepared is None:
                 return
             await self._dispatch(prepared)
-            if self._client is None:
-                await asyncio.sleep(0)  # local frames: let signals and logging in
-            elif self.options.sequential:
+            if prepared.data is None:
+                await asyncio.sleep(0)  # local frames: let signals, logging and replies in
+            elif self.options.sequential and self._client is not None:
                 await self._client.drain(None, self._abort_async)
 
     async def _dispatch(self, item: _Prepared) -> None:
         client = self._client
-        if client is None:
+        if item.data is None:
             assert item.outputs is not None
-            self._complete(item.record, item.inputs, item.outputs, time.perf_counter())
+            now = time.perf_counter()
+            if self.chooser is not None:
+                self.chooser.answered(item.option, now, None, None)
+            self._complete(item.record, item.inputs, item.outputs, now)
             return
-        assert item.data is not None
+        assert client is not None
         await client.send(item.frame_id, item.data, item)
 
     # -- results (event loop) ---------------------------------------------------------------------
@@ -411,8 +466,13 @@ class Agent:
         record = prepared.record
         record.rtt_ms = (arrived - entry.sent_at) * 1e3
         record.sends = entry.sends
-        reply = self.reader.parse(message)
+        reply = self.readers[prepared.option].parse(message)
         record.server = reply.server
+        if self.chooser is not None and reply.error is None:
+            total = reply.server.get("total_us")
+            self.chooser.answered(
+                prepared.option, arrived, record.rtt_ms, None if total is None else total / 1e3
+            )
         if reply.error is not None:
             record.error = reply.error
             if self._failed < 5:
@@ -470,6 +530,39 @@ class Agent:
             await asyncio.sleep(self.options.log_interval_s)
             in_flight = self._client.in_flight if self._client else 0
             _LOGGER.info("%s: %s", self.export.name, self._log.line(in_flight))
+
+
+def _check_alternatives(exports: list[EdgeExport]) -> None:
+    """Several exports to adapt among must be of one model: the same inputs (so one source feeds
+    them all), the same outputs, different names."""
+    first = exports[0]
+    names = [e.name for e in exports]
+    if len(set(names)) != len(names):
+        raise SplitpipeError(f"exports to adapt among need different names; got {names}")
+    for other in exports[1:]:
+        for what, a, b in (
+            ("inputs", first.inputs, other.inputs),
+            ("outputs", [t.name for t in first.outputs], [t.name for t in other.outputs]),
+            ("preprocess", first.preprocess, other.preprocess),
+        ):
+            if a != b:
+                raise SplitpipeError(
+                    f"exports {first.directory} and {other.directory} differ in their {what} ({a} vs {b}); "
+                    "the agent adapts only among splits of one model"
+                )
+
+
+def _planned_link(exports: list[EdgeExport]) -> Link:
+    """The link the plan assumed (the first manifest that names one), until frames measure it."""
+    for e in exports:
+        link = (e.manifest.get("predictions") or {}).get("link") or {}
+        try:
+            mbit, rtt = float(link["bandwidth_mbps"]), float(link["rtt_ms"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if mbit > 0 and rtt >= 0:
+            return Link(rtt, mbit * 1e6 / 8 / 1e3, "planned")
+    return Link(0.0, float("inf"), "planned")
 
 
 def run_agent(

@@ -63,9 +63,12 @@ class StreamClient:
         on_reply: Callable[[Pending, pb.ModelStreamInferResponse, float], None],
         options: ClientOptions | None = None,
         expected_inputs: list[tuple[str, str]] | None = None,
+        more_models: dict[str, list[tuple[str, str]] | None] | None = None,
     ) -> None:
         self.address = address
         self.model = model
+        # every model the stream carries requests for, with the inputs we send it (None: unchecked)
+        self.models: dict[str, list[tuple[str, str]] | None] = {model: expected_inputs, **(more_models or {})}
         self.options = options or ClientOptions()
         self.on_reply = on_reply
         self.expected_inputs = expected_inputs
@@ -191,9 +194,10 @@ class StreamClient:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             attempts += 1
             try:
-                meta = await stub.ModelMetadata(
-                    pb.ModelMetadataRequest(name=self.model), timeout=o.rpc_timeout_s
-                )
+                metas = [
+                    await stub.ModelMetadata(pb.ModelMetadataRequest(name=name), timeout=o.rpc_timeout_s)
+                    for name in self.models
+                ]
             except grpc.aio.AioRpcError as exc:
                 await channel.close(grace=None)
                 if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED):
@@ -224,20 +228,21 @@ class StreamClient:
                     await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, o.backoff_max_s)
                 continue
-            self._check_metadata(meta)
+            for meta, expected in zip(metas, self.models.values(), strict=True):
+                self._check_metadata(meta, expected)
             self._channel = channel
             if attempts > 1:
                 _LOGGER.info("connected to %s after %d attempts", self.address, attempts)
             return
 
-    def _check_metadata(self, meta: pb.ModelMetadataResponse) -> None:
-        if self.expected_inputs is None:
+    def _check_metadata(self, meta: pb.ModelMetadataResponse, expected: list[tuple[str, str]] | None) -> None:
+        if expected is None:
             return
         served = [(t.name, t.datatype) for t in meta.inputs]
-        if sorted(served) != sorted(self.expected_inputs):
+        if sorted(served) != sorted(expected):
             raise SplitpipeError(
-                f"server {self.address} serves {self.model!r} with inputs {served}, but this export sends "
-                f"{self.expected_inputs}; serve the same export directory"
+                f"server {self.address} serves {meta.name!r} with inputs {served}, but this export sends "
+                f"{expected}; serve the same export directory"
             )
 
     def _open_stream(self) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from splitpipe.edge.adapt import AdaptOptions
 from splitpipe.errors import SplitpipeError, check_output_file
 from splitpipe.tls import ClientTls
 
@@ -137,6 +138,9 @@ class AgentOptions:
       percentiles cover the frames kept. Bounds the memory of a daemon that runs for days.
     - ``head_thread``: run capture, head and encode on a worker thread (True), on the event
       loop (False), or choose by the head's time at warm-up (None: a thread from 0.5 ms).
+    - ``more_exports``: further exports of the same model (other splits, ``offload``,
+      ``local``): the agent then chooses the split per frame from measured figures, as
+      ``adapt`` says (:mod:`splitpipe.edge.adapt`).
     - ``sequential``: capture the next frame only once the previous one's result is in, so that
       each frame's ``e2e_ms`` is its latency alone (no overlap with, or wait behind, the frame
       before it); for latency measurements. Otherwise the next frame's head overlaps the
@@ -159,9 +163,12 @@ class AgentOptions:
     max_report_frames: int = 100_000
     head_thread: bool | None = None
     sequential: bool = False
+    more_exports: tuple[Path, ...] = ()
+    adapt: AdaptOptions = field(default_factory=AdaptOptions)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "export_dir", Path(self.export_dir))
+        object.__setattr__(self, "more_exports", tuple(Path(p) for p in self.more_exports))
         if self.report is not None:  # checked now: a report that cannot be written would lose the run
             object.__setattr__(self, "report", check_output_file(self.report, "--report", "report.json"))
         if self.server is not None:

@@ -44,6 +44,7 @@ class FrameRecord:
     error: str | None = None
     energy_mj: float | None = None
     energy_source: str | None = None
+    split: str | None = None  # the export it ran through, when the agent adapts among several
 
     @property
     def device_ms(self) -> float:
@@ -83,6 +84,8 @@ class FrameRecord:
         }
         if self.error is not None:
             out["error"] = self.error
+        if self.split is not None:
+            out["split"] = self.split
         return out
 
 
@@ -325,15 +328,16 @@ class Report:
             v = lat.get(key)
             return "-" if v is None else f"p50 {v['p50']:.2f} p90 {v['p90']:.2f}"
 
+        remote = self.info.get("path") in ("remote", "adaptive")
         parts = [f"e2e {p('e2e_ms')}", f"head {p('head_ms')}"]
-        if "encode_ms" in lat and self.info.get("path") == "remote":
+        if "encode_ms" in lat and remote:
             parts += [
                 f"encode {p('encode_ms')}",
                 f"rtt {p('rtt_ms')}",
                 f"server total {p('server_total_ms')}",
             ]
         out.append("latency ms: " + ", ".join(parts))
-        if self.info.get("path") == "remote":
+        if remote:
             out.append(
                 f"bytes per frame: {s['bytes_per_frame']:,.0f} (payload {s['payload_bytes_per_frame']:,.0f})"
             )
@@ -343,6 +347,21 @@ class Report:
             out.append(
                 f"slowest stage: {b['stage']} ({b['fps']:.1f} fps); achieved {s['achieved_fraction']:.2f} of it"
                 + (f" (capture limited to {limit:g} fps by --fps)" if limit else "")
+            )
+        adapt = self.info.get("adapt")
+        if adapt:
+            used = ", ".join(
+                f"{o['name']} {o['frames']} ({o['probes']} probes)" for o in adapt["options"] if o["frames"]
+            )
+            link = adapt["link"]
+            speed = (
+                "too fast to measure"
+                if link["bandwidth_mbit"] is None
+                else f"{link['bandwidth_mbit']:g} Mbit/s"
+            )
+            out.append(
+                f"splits: {used}; {adapt['switch_count']} switch(es), ending on {adapt['current']}; "
+                f"link {speed}, rtt {link['rtt_ms']:.2f} ms ({link['source']})"
             )
         e = s["energy"]
         if e.get("joules") is not None:

@@ -1,0 +1,258 @@
+"""Choosing the split per frame when the agent has several exports of one model (docs/agent.md).
+
+Each option (an export: a split, ``offload`` or ``local``) has a predicted latency per frame::
+
+    device_ms + [remote] rtt_ms + tx_bytes / bytes_per_ms + server_ms
+
+with ``device_ms`` (capture, head, encode) and ``tx_bytes`` measured on the device (at warm-up,
+then per frame of that option), ``server_ms`` the server's own total from its replies, and the
+link (``rtt_ms``, ``bytes_per_ms``) fitted to the network times of recent frames: a frame's
+network time is its round trip minus the server's total, two durations each measured on one
+clock. Per remote option the smallest network time of the last ``window_s`` seconds is one point
+(the smallest of its latest ``samples`` frames, because frames that queued behind others took
+longer than the link needs; the latest few, so that a slower link shows within a few frames); a
+straight line through the points of options of different sizes gives the round trip (intercept)
+and the bandwidth (slope). Until two sizes have been seen, the link the plan assumed (the
+export's manifest) fills in, marked as planned.
+
+The chooser moves to the option predicted fastest when it beats the current one by more than
+``hysteresis`` and the current one has run ``min_frames`` frames, or at once when it is
+predicted twice as fast. Options that have not run for
+``probe_s`` seconds get one frame now and then (a probe, answered like any frame), so their
+figures stay current and a link that got faster is noticed; an option predicted to take more
+than ``probe_factor`` times the current one's latency is not probed, so a probe costs little.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from splitpipe.errors import SplitpipeError
+
+
+@dataclass(frozen=True)
+class AdaptOptions:
+    window_s: float = 5.0
+    samples: int = 4
+    probe_s: float = 2.0
+    probe_factor: float = 3.0
+    hysteresis: float = 0.15
+    min_frames: int = 10
+    smoothing: float = 0.2  # weight of a new measurement in the running figures
+
+    def __post_init__(self) -> None:
+        if not (self.window_s > 0 and self.probe_s > 0 and self.probe_factor >= 1):
+            raise SplitpipeError("adapt: window and probe interval must be > 0 s, probe factor >= 1")
+        if not 0 <= self.hysteresis < 1 or self.min_frames < 1 or not 0 < self.smoothing <= 1:
+            raise SplitpipeError("adapt: hysteresis in [0, 1), min frames >= 1, smoothing in (0, 1]")
+        if self.samples < 1:
+            raise SplitpipeError(f"adapt: samples must be at least 1, got {self.samples}")
+
+
+@dataclass
+class Option:
+    """What the chooser knows about one export."""
+
+    name: str
+    remote: bool
+    device_ms: float
+    tx_bytes: int
+    server_ms: float  # the server's total per frame
+    server_measured: bool = False
+    frames: int = 0  # frames that ran through this option
+    probes: int = 0
+    last_reply: float = -math.inf  # perf_counter of the latest reply (or local result)
+    network: deque[tuple[float, float]] = field(default_factory=deque)  # (when, network ms)
+
+    def to_json(self, predicted_ms: float) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": "remote" if self.remote else "local",
+            "frames": self.frames,
+            "probes": self.probes,
+            "predicted_ms": round(predicted_ms, 3),
+            "device_ms": round(self.device_ms, 3),
+            "tx_bytes": self.tx_bytes,
+            "server_ms": round(self.server_ms, 3) if self.remote else None,
+            "server_ms_source": ("measured" if self.server_measured else "planned") if self.remote else None,
+        }
+
+
+@dataclass(frozen=True)
+class Link:
+    rtt_ms: float
+    bytes_per_ms: float  # inf: too fast to measure with the sizes seen
+    source: str  # "measured" (fitted to frames) or "planned" (the manifest's assumption)
+
+    def transfer_ms(self, nbytes: int) -> float:
+        return 0.0 if math.isinf(self.bytes_per_ms) else nbytes / self.bytes_per_ms
+
+    def to_json(self) -> dict[str, Any]:
+        mbit = None if math.isinf(self.bytes_per_ms) else round(self.bytes_per_ms * 8e3 / 1e6, 3)
+        return {"rtt_ms": round(self.rtt_ms, 3), "bandwidth_mbit": mbit, "source": self.source}
+
+
+class Chooser:
+    """Picks the option of each frame; thread safe (the head worker picks, the loop observes)."""
+
+    def __init__(self, options: list[Option], planned: Link, settings: AdaptOptions | None = None) -> None:
+        if len(options) < 2:
+            raise SplitpipeError("adapting needs at least two exports")
+        self.options = options
+        self.settings = settings or AdaptOptions()
+        for o in options:
+            o.network = deque(o.network, maxlen=self.settings.samples)
+        self.planned = planned
+        self._rtt = planned.rtt_ms  # the latest round trip fitted (kept while one size is seen)
+        self._measured: Link | None = None  # the latest link measured (kept while nothing is fresh)
+        self.current = min(range(len(options)), key=self.predict)
+        self.switches: deque[dict[str, Any]] = deque(maxlen=1000)  # the latest (a daemon runs for days)
+        self.switch_count = 0
+        self._since_switch = 0
+        self._last_probe = -math.inf
+        self._lock = threading.Lock()
+        self._started = time.perf_counter()
+
+    # -- the link ---------------------------------------------------------------------------------
+    def link(self, now: float | None = None) -> Link:
+        link = self._fit(now)
+        if link.source == "measured":
+            self._measured = link
+        return link
+
+    def _fit(self, now: float | None) -> Link:
+        now = time.perf_counter() if now is None else now
+        horizon = now - self.settings.window_s
+        points = []
+        for o in self.options:
+            while o.network and o.network[0][0] < horizon:
+                o.network.popleft()
+            if o.remote and o.network:
+                points.append((float(o.tx_bytes), min(ms for _, ms in o.network)))
+        sizes = {b for b, _ in points}
+        if len(sizes) >= 2:
+            n = len(points)
+            mean_b = sum(b for b, _ in points) / n
+            mean_t = sum(t for _, t in points) / n
+            var = sum((b - mean_b) ** 2 for b, _ in points)
+            slope = sum((b - mean_b) * (t - mean_t) for b, t in points) / var
+            if slope <= 0:  # the sizes seen make no measurable difference: fast link
+                return Link(min(t for _, t in points), math.inf, "measured")
+            self._rtt = rtt = max(mean_t - slope * mean_b, 0.0)
+            return Link(rtt, 1.0 / slope, "measured")
+        if points:  # one size: the latest fitted (or planned) round trip, the bandwidth from the rest
+            nbytes, ms = points[0]
+            rtt = min(self._rtt, ms)
+            spent = ms - rtt
+            return Link(rtt, nbytes / spent if spent > 0 else math.inf, "measured")
+        return self._measured or self.planned
+
+    def predict(self, index: int, link: Link | None = None) -> float:
+        o = self.options[index]
+        if not o.remote:
+            return o.device_ms
+        link = link or self.link()
+        return o.device_ms + link.rtt_ms + link.transfer_ms(o.tx_bytes) + o.server_ms
+
+    # -- per frame --------------------------------------------------------------------------------
+    def pick(self, now: float | None = None) -> int:
+        """The option of the next frame: a probe of a stale option, or the current (after a
+        switch when another is predicted enough faster)."""
+        now = time.perf_counter() if now is None else now
+        s = self.settings
+        with self._lock:
+            link = self.link(now)
+            predicted = [self.predict(i, link) for i in range(len(self.options))]
+            best = min(range(len(predicted)), key=predicted.__getitem__)
+            current = self.current
+            # a better option wins after min_frames on the current one; one twice as fast at once
+            if best != current and (
+                (
+                    self._since_switch >= s.min_frames
+                    and predicted[best] < (1 - s.hysteresis) * predicted[current]
+                )
+                or predicted[best] < 0.5 * predicted[current]
+            ):
+                self.switches.append(
+                    {
+                        "t_s": round(now - self._started, 3),
+                        "from": self.options[current].name,
+                        "to": self.options[best].name,
+                        "predicted_ms": {self.options[i].name: round(p, 3) for i, p in enumerate(predicted)},
+                        "link": link.to_json(),
+                    }
+                )
+                self.current, self._since_switch = best, 0
+                self.switch_count += 1
+                return best
+            if now - self._last_probe >= s.probe_s:
+                # every option is tried once; after that only those that might win, and, when no
+                # frame crossed the link lately, the remote one that sends least (a cheap look)
+                remote = [i for i, o in enumerate(self.options) if o.remote]
+                quiet = not any(self.options[i].network for i in remote)
+                cheapest = min(remote, key=lambda i: self.options[i].tx_bytes) if remote else -1
+                stale = [
+                    i
+                    for i, o in enumerate(self.options)
+                    if i != current
+                    and now - o.last_reply >= (s.window_s if quiet and i == cheapest else s.probe_s)
+                    and (
+                        o.frames == 0
+                        or predicted[i] <= s.probe_factor * predicted[current]
+                        or (quiet and i == cheapest)
+                    )
+                ]
+                if stale:
+                    self._last_probe = now
+                    probe = min(stale, key=lambda i: self.options[i].last_reply)
+                    self.options[probe].probes += 1
+                    return probe
+            self._since_switch += 1
+            return current
+
+    def ran(self, index: int, device_ms: float, tx_bytes: int) -> None:
+        """A frame of ``index`` was prepared (capture + head + encode took ``device_ms``)."""
+        with self._lock:
+            o = self.options[index]
+            a = self.settings.smoothing
+            o.device_ms += a * (device_ms - o.device_ms)
+            o.tx_bytes = tx_bytes
+            o.frames += 1
+
+    def answered(self, index: int, now: float, rtt_ms: float | None, server_ms: float | None) -> None:
+        """A frame of ``index`` got its result at ``now`` (perf_counter): round trip and the
+        server's own total, both None for a local frame."""
+        with self._lock:
+            o = self.options[index]
+            o.last_reply = now
+            if rtt_ms is None:
+                return
+            if server_ms is not None:
+                if o.server_measured:
+                    o.server_ms += self.settings.smoothing * (server_ms - o.server_ms)
+                else:
+                    o.server_ms, o.server_measured = server_ms, True
+            o.network.append((now, max(rtt_ms - (server_ms or 0.0), 0.0)))
+
+    def to_json(self) -> dict[str, Any]:
+        with self._lock:
+            link = self.link()
+            return {
+                "current": self.options[self.current].name,
+                "link": link.to_json(),
+                "options": [o.to_json(self.predict(i, link)) for i, o in enumerate(self.options)],
+                "switch_count": self.switch_count,
+                "switches": list(self.switches),
+                "settings": {
+                    "window_s": self.settings.window_s,
+                    "probe_s": self.settings.probe_s,
+                    "probe_factor": self.settings.probe_factor,
+                    "hysteresis": self.settings.hysteresis,
+                    "min_frames": self.settings.min_frames,
+                },
+            }

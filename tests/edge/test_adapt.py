@@ -1,0 +1,182 @@
+"""The split chooser on a simulated link (deterministic: every time is given), then the agent
+adapting among real exports on loopback with every frame's output checked."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from splitpipe.edge import AgentOptions, ClientOptions, FrameResult, SyntheticSource, load_export, run_agent
+from splitpipe.edge.adapt import AdaptOptions, Chooser, Link, Option
+from splitpipe.errors import SplitpipeError
+from splitpipe.server import ServerThread
+from tests.edge.conftest import Exports
+
+MBIT = 1e6 / 8 / 1e3  # bytes per ms in one Mbit/s
+
+
+@dataclass
+class TrueLink:
+    rtt_ms: float
+    mbit: float
+
+    def network_ms(self, nbytes: int) -> float:
+        return self.rtt_ms + nbytes / (self.mbit * MBIT)
+
+
+def _options() -> list[Option]:
+    # big: cheap head, 200 KB; small: 30 ms head, 300 B; local: the whole model, 60 ms
+    return [
+        Option("big", True, 1.0, 200_000, 1.0),
+        Option("small", True, 30.0, 300, 1.0),
+        Option("local", False, 60.0, 0, 0.0),
+    ]
+
+
+def _run(chooser: Chooser, link: TrueLink, start: float, seconds: float) -> tuple[float, list[str]]:
+    """Frames one after the other (sequential) for ``seconds`` of simulated time."""
+    t, picked = start, []
+    while t < start + seconds:
+        i = chooser.pick(t)
+        o = chooser.options[i]
+        server = 1.0 if o.remote else 0.0
+        chooser.ran(i, o.device_ms, o.tx_bytes)
+        net = link.network_ms(o.tx_bytes) if o.remote else 0.0
+        t += (o.device_ms + net + server) / 1e3
+        chooser.answered(i, t, net + server if o.remote else None, server if o.remote else None)
+        picked.append(o.name)
+    return t, picked
+
+
+def test_follows_the_bandwidth_down_and_back_up() -> None:
+    chooser = Chooser(_options(), Link(2.0, 100 * MBIT, "planned"), AdaptOptions(probe_s=1.0))
+    assert chooser.options[chooser.current].name == "big"  # 1 + 2 + 16 + 1 ms beats 33 and 60
+    fast, slow = TrueLink(2.0, 100), TrueLink(2.0, 2)
+
+    t, picked = _run(chooser, fast, 0.0, 5.0)
+    assert picked[-20:].count("big") >= 19  # probes aside
+    assert {"small", "local"} <= set(picked)  # each tried at least once
+    link = chooser.link(t)
+    assert link.source == "measured"
+    assert link.rtt_ms == pytest.approx(2.0, abs=0.01) and link.bytes_per_ms == pytest.approx(
+        100 * MBIT, rel=0.01
+    )
+
+    # 2 Mbit/s: 200 KB take 800 ms; the chooser leaves big within a few of its frames
+    t, picked = _run(chooser, slow, t, 30.0)
+    assert picked[:8].count("big") <= 5
+    assert chooser.options[chooser.current].name == "small"
+    assert picked[-50:].count("small") >= 48
+    assert chooser.link(t).bytes_per_ms == pytest.approx(2 * MBIT, rel=0.02)  # from small's frames
+
+    # back to 100 Mbit/s: small's own frames show it, big wins again
+    _, picked = _run(chooser, fast, t, 10.0)
+    assert chooser.options[chooser.current].name == "big"
+    assert [s["to"] for s in chooser.switches] == ["small", "big"]
+    assert chooser.switch_count == 2
+
+
+def test_a_dead_slow_link_goes_local_and_expensive_probes_stop() -> None:
+    chooser = Chooser(_options(), Link(2.0, 100 * MBIT, "planned"), AdaptOptions(probe_s=1.0))
+    _, picked = _run(chooser, TrueLink(300.0, 0.05), 0.0, 120.0)  # 300 ms rtt, 50 kbit/s
+    assert chooser.options[chooser.current].name == "local"
+    # after one try, big (predicted 32 s, more than 3x local's 60 ms) is not probed again; with
+    # nothing crossing the link, small (the cheapest look at it) is, once per window (5 s)
+    assert chooser.options[0].frames <= 2
+    tail = picked[len(picked) // 2 :]
+    assert "big" not in tail
+    assert 4 <= tail.count("small") <= 60 / 5 + 1
+
+
+def test_hysteresis_keeps_it_from_flapping() -> None:
+    options = [Option("a", True, 10.0, 1000, 1.0), Option("b", True, 10.5, 900, 1.0)]
+    chooser = Chooser(options, Link(1.0, 10 * MBIT, "planned"), AdaptOptions(probe_s=0.5, hysteresis=0.15))
+    _, picked = _run(chooser, TrueLink(1.0, 10), 0.0, 20.0)
+    assert chooser.switch_count == 0
+    assert picked.count("a") > 0.9 * len(picked)
+
+
+def test_one_size_seen_keeps_the_fitted_round_trip() -> None:
+    options = [Option("a", True, 1.0, 10_000, 1.0), Option("b", True, 1.0, 100_000, 1.0)]
+    chooser = Chooser(options, Link(50.0, 1 * MBIT, "planned"), AdaptOptions(window_s=5.0))
+    # nothing measured: the planned link
+    assert chooser.link(0.0) == Link(50.0, 1 * MBIT, "planned")
+    # one size only: the planned round trip caps it, the bandwidth from what is left
+    chooser.answered(0, 1.0, 2.0 + 10_000 / (20 * MBIT) + 1.0, 1.0)
+    link = chooser.link(1.0)
+    assert link.rtt_ms == pytest.approx(6.0) and math.isinf(link.bytes_per_ms)
+    # two sizes: fitted, and the fit's round trip is kept once one size has aged out
+    chooser.answered(1, 2.0, 2.0 + 100_000 / (20 * MBIT) + 1.0, 1.0)
+    chooser.answered(0, 2.0, 2.0 + 10_000 / (20 * MBIT) + 1.0, 1.0)
+    link = chooser.link(2.0)
+    assert link.rtt_ms == pytest.approx(2.0) and link.bytes_per_ms == pytest.approx(20 * MBIT)
+    chooser.answered(0, 7.5, 2.0 + 10_000 / (5 * MBIT) + 1.0, 1.0)
+    link = chooser.link(7.5)  # b's point is older than the window now
+    assert link.rtt_ms == pytest.approx(2.0) and link.bytes_per_ms == pytest.approx(5 * MBIT)
+
+
+def test_bad_settings() -> None:
+    with pytest.raises(SplitpipeError, match="hysteresis"):
+        AdaptOptions(hysteresis=1.0)
+    with pytest.raises(SplitpipeError, match="at least two"):
+        Chooser(_options()[:1], Link(1.0, 1.0, "planned"))
+
+
+# -- the agent, on loopback ------------------------------------------------------------------------
+
+
+def test_agent_adapts_among_real_exports(exports: Exports, server: ServerThread) -> None:
+    """Four exports of one model (two codecs of one split, offload, local): every frame's output
+    is the whole model's, whichever export it ran through, and each export is tried."""
+    dirs = [exports.raw, exports.int8, exports.offload, exports.local]
+    results: dict[int, tuple[str, dict[str, np.ndarray]]] = {}
+
+    def on_result(result: FrameResult) -> None:
+        results[result.record.id] = (str(result.record.split), result.outputs)
+
+    report = run_agent(
+        AgentOptions(
+            dirs[0],
+            more_exports=tuple(dirs[1:]),
+            server=f"127.0.0.1:{server.port}",
+            frames=600,
+            fps=400,
+            log_interval_s=0,
+            client=ClientOptions(window=4),
+            adapt=AdaptOptions(probe_s=0.1),
+        ),
+        on_result,
+    )
+    s = report.summary
+    assert (s["completed"], s["failed"], s["lost"]) == (600, 0, 0)
+    adapt = report.info["adapt"]
+    names = {o["name"] for o in adapt["options"]}
+    assert names == {"tiny-raw", "tiny-int8", "tiny-offload", "tiny-local"}
+    assert all(o["frames"] >= 1 for o in adapt["options"]), adapt["options"]
+    assert adapt["link"]["source"] == "measured"
+    assert report.info["path"] == "adaptive"
+    source = SyntheticSource(load_export(exports.raw).inputs, seed=0)
+    used = set()
+    for i, (split, got) in results.items():
+        used.add(split)
+        tolerance = 0.01 if split == "tiny-int8" else 1e-5
+        for name, want in exports.reference(source.frame(i)).items():
+            assert np.max(np.abs(got[name] - want)) <= tolerance * np.max(np.abs(want)), (i, split)
+    assert used == names
+    frame = report.to_json()["frames"][0]
+    assert frame["split"] in names
+    assert any(line.startswith("splits: ") for line in report.lines())
+
+
+def test_exports_of_different_models_are_refused(exports: Exports, tmp_path: Path) -> None:
+    from tests.server.tiny_tails import relu_mean
+
+    other = relu_mean(tmp_path / "other")
+    with pytest.raises(SplitpipeError, match="differ in their inputs"):
+        run_agent(AgentOptions(exports.raw, more_exports=(other,), server="127.0.0.1:1", frames=1))
+    with pytest.raises(SplitpipeError, match="different names"):
+        run_agent(AgentOptions(exports.raw, more_exports=(exports.raw,), server="127.0.0.1:1", frames=1))

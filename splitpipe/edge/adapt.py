@@ -181,6 +181,7 @@ class Chooser:
                 self.switches.append(
                     {
                         "t_s": round(now - self._started, 3),
+                        "clock_s": round(now, 6),  # the device's monotonic clock (perf_counter)
                         "from": self.options[current].name,
                         "to": self.options[best].name,
                         "predicted_ms": {self.options[i].name: round(p, 3) for i, p in enumerate(predicted)},

@@ -69,6 +69,7 @@ class FrameRecord:
         out: dict[str, Any] = {
             "id": self.id,
             "path": self.path,
+            "captured_s": round(self.captured, 6),  # the device's monotonic clock (perf_counter)
             "e2e_ms": _round(self.e2e_ms),
             "capture_ms": _round(self.capture_ms),
             "head_ms": _round(self.head_ms),

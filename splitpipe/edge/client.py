@@ -71,7 +71,6 @@ class StreamClient:
         self.models: dict[str, list[tuple[str, str]] | None] = {model: expected_inputs, **(more_models or {})}
         self.options = options or ClientOptions()
         self.on_reply = on_reply
-        self.expected_inputs = expected_inputs
         self.reconnects = 0  # streams opened after the first
         self.resent = 0  # frames written again after a stream broke
         self.duplicates = 0  # replies for frames no longer pending
@@ -204,9 +203,7 @@ class StreamClient:
                     raise SplitpipeError(f"server {self.address}: {exc.details()}") from None
                 why = f"{exc.code().name}: {(exc.details() or '').splitlines()[0] if exc.details() else ''}"
                 if first and is_handshake_failure(exc.details() or ""):
-                    raise SplitpipeError(
-                        _tls_failure(self.address, exc.details() or "", self.options)
-                    ) from None
+                    raise SplitpipeError(_tls_failure(self.address, exc.details() or "")) from None
                 if "Socket closed" in why:
                     why += _closed_hint(self.options)
                 waited = time.monotonic() - started
@@ -352,7 +349,7 @@ class StreamClient:
             self.on_reply(entry, reply, arrived)
 
 
-def _tls_failure(address: str, details: str, options: ClientOptions) -> str:
+def _tls_failure(address: str, details: str) -> str:
     """One line for a failed handshake: gRPC's reason without its address list, and a hint."""
     reason = re.sub(r"^.*?ipv[46]:\S+:\d+: ", "", details.splitlines()[0]).removesuffix(": OK").strip()
     if "WRONG_VERSION_NUMBER" in details:

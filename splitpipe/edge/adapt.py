@@ -17,7 +17,8 @@ export's manifest) fills in, marked as planned.
 
 The chooser moves to the option predicted fastest when it beats the current one by more than
 ``hysteresis`` and the current one has run ``min_frames`` frames, or at once when it is
-predicted twice as fast. Options that have not run for
+predicted twice as fast. While the stream to the server is broken (and the client reconnects),
+frames run on a ``local`` option when there is one, instead of waiting for the server. Options that have not run for
 ``probe_s`` seconds get one frame now and then (a probe, answered like any frame), so their
 figures stay current and a link that got faster is noticed; an option predicted to take more
 than ``probe_factor`` times the current one's latency is not probed, so a probe costs little.
@@ -87,7 +88,7 @@ class Option:
 class Link:
     rtt_ms: float
     bytes_per_ms: float  # inf: too fast to measure with the sizes seen
-    source: str  # "measured" (fitted to frames) or "planned" (the manifest's assumption)
+    source: str  # "measured" (fitted to frames), "planned" (the manifest's assumption) or "unknown"
 
     def transfer_ms(self, nbytes: int) -> float:
         return 0.0 if math.isinf(self.bytes_per_ms) else nbytes / self.bytes_per_ms
@@ -108,11 +109,14 @@ class Chooser:
         for o in options:
             o.network = deque(o.network, maxlen=self.settings.samples)
         self.planned = planned
-        self._rtt = planned.rtt_ms  # the latest round trip fitted (kept while one size is seen)
+        # the latest round trip fitted (kept while one size is seen); with no plan to start
+        # from, one size's network time is taken as round trip (optimistic for larger sizes)
+        self._rtt = math.inf if planned.source == "unknown" else planned.rtt_ms
         self._measured: Link | None = None  # the latest link measured (kept while nothing is fresh)
         self.current = min(range(len(options)), key=self.predict)
         self.switches: deque[dict[str, Any]] = deque(maxlen=1000)  # the latest (a daemon runs for days)
         self.switch_count = 0
+        self.fallbacks = 0  # frames run locally while the server could not be reached
         self._since_switch = 0
         self._last_probe = -math.inf
         self._lock = threading.Lock()
@@ -160,12 +164,18 @@ class Chooser:
         return o.device_ms + link.rtt_ms + link.transfer_ms(o.tx_bytes) + o.server_ms
 
     # -- per frame --------------------------------------------------------------------------------
-    def pick(self, now: float | None = None) -> int:
+    def pick(self, now: float | None = None, remote_up: bool = True) -> int:
         """The option of the next frame: a probe of a stale option, or the current (after a
-        switch when another is predicted enough faster)."""
+        switch when another is predicted enough faster). While ``remote_up`` is False (the
+        stream is broken and reconnecting) frames run on the fastest local option, if there is
+        one, and the choice resumes once the stream is back."""
         now = time.perf_counter() if now is None else now
         s = self.settings
         with self._lock:
+            local = [i for i, o in enumerate(self.options) if not o.remote]
+            if not remote_up and local:
+                self.fallbacks += 1
+                return min(local, key=lambda i: self.options[i].device_ms)
             link = self.link(now)
             predicted = [self.predict(i, link) for i in range(len(self.options))]
             best = min(range(len(predicted)), key=predicted.__getitem__)
@@ -248,6 +258,7 @@ class Chooser:
                 "link": link.to_json(),
                 "options": [o.to_json(self.predict(i, link)) for i, o in enumerate(self.options)],
                 "switch_count": self.switch_count,
+                "fallback_frames": self.fallbacks,
                 "switches": list(self.switches),
                 "settings": {
                     "window_s": self.settings.window_s,

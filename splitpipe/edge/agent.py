@@ -341,7 +341,8 @@ class Agent:
     def _step(self, runners: list[Any], energy: EnergyShares) -> _Prepared | None:
         index = self._captured
         chooser = self.chooser
-        option = 0 if chooser is None else chooser.pick()
+        client = self._client
+        option = 0 if chooser is None else chooser.pick(remote_up=client is None or client.connected)
         t0 = time.perf_counter()
         feed = self.source.read()
         if feed is None:
@@ -562,7 +563,7 @@ def _planned_link(exports: list[EdgeExport]) -> Link:
             continue
         if mbit > 0 and rtt >= 0:
             return Link(rtt, mbit * 1e6 / 8 / 1e3, "planned")
-    return Link(0.0, float("inf"), "planned")
+    return Link(0.0, float("inf"), "unknown")  # no plan: remote looks free until measured
 
 
 def run_agent(

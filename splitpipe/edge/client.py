@@ -95,6 +95,11 @@ class StreamClient:
     def in_flight(self) -> int:
         return len(self._pending)
 
+    @property
+    def connected(self) -> bool:
+        """A stream is open (False from a break until the reconnect succeeds)."""
+        return self._connected.is_set() and self._failure is None
+
     async def start(self, abort: asyncio.Event | None = None) -> None:
         """Connect (waiting for the server with backoff) and open the stream. Raises
         SplitpipeError if the server does not serve the model, or no server answered within

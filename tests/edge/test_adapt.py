@@ -180,3 +180,98 @@ def test_exports_of_different_models_are_refused(exports: Exports, tmp_path: Pat
         run_agent(AgentOptions(exports.raw, more_exports=(other,), server="127.0.0.1:1", frames=1))
     with pytest.raises(SplitpipeError, match="different names"):
         run_agent(AgentOptions(exports.raw, more_exports=(exports.raw,), server="127.0.0.1:1", frames=1))
+
+
+def _remote_and_heavy_local(folder: Path) -> tuple[Path, Path]:
+    """One function, y = max(x) per row, two ways: remote (head Identity, tail ReduceMax) and
+    local with an expensive head (x multiplied by the identity matrix 16 times, then
+    ReduceMax: the same numbers, a few ms of device work), so that remote is the faster choice."""
+    import json
+
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from tests.server.tiny_tails import OPSET, _sha256, _value_info, write_export
+
+    n = 2000
+    remote = write_export(
+        folder / "remote",
+        "max-remote",
+        [helper.make_node("ReduceMax", ["x"], ["y"], axes=[1], keepdims=1)],
+        cut=[{"name": "x", "dtype": "float32", "shape": [None, n]}],
+        outputs=[{"name": "y", "dtype": "float32", "shape": [None, 1]}],
+    )
+    nodes, last = [], "input_0"
+    for i in range(16):
+        nodes.append(helper.make_node("MatMul", [last, "I"], [f"m{i}"]))
+        last = f"m{i}"
+    nodes.append(helper.make_node("ReduceMax", [last], ["y"], axes=[1], keepdims=1))
+    graph = helper.make_graph(
+        nodes,
+        "heavy-local",
+        [_value_info("input_0", "float32", [None, n])],
+        [_value_info("y", "float32", [None, 1])],
+        initializer=[numpy_helper.from_array(np.eye(n, dtype=np.float32), "I")],
+    )
+    local = folder / "local"
+    local.mkdir()
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8)
+    onnx.save(model, str(local / "head.onnx"))
+    manifest = json.loads((remote / "manifest.json").read_text())
+    head = local / "head.onnx"
+    manifest.update(
+        name="max-local",
+        split={"id": "local", "label": "all on the device"},
+        cut=[],
+        files={"head": {"path": "head.onnx", "sha256": _sha256(head), "bytes": head.stat().st_size}},
+    )
+    (local / "manifest.json").write_text(json.dumps(manifest))
+    return remote, local
+
+
+def test_frames_run_locally_while_the_server_is_down(tmp_path: Path) -> None:
+    import threading
+
+    from tests.edge.conftest import ServeProcess, free_port, wait_for
+
+    remote, local = _remote_and_heavy_local(tmp_path)
+    port = free_port()
+    serve = ServeProcess([remote], port).start()
+    results: dict[int, tuple[str, np.ndarray, np.ndarray]] = {}
+
+    def on_result(result: FrameResult) -> None:
+        feed = next(iter(result.inputs.values()))
+        results[result.record.id] = (str(result.record.split), feed.copy(), result.outputs["y"].copy())
+
+    options = AgentOptions(
+        remote,
+        more_exports=(local,),
+        server=f"127.0.0.1:{port}",
+        frames=1500,
+        fps=200,  # a camera's pace: frames do not queue behind each other
+        log_interval_s=0,
+        client=ClientOptions(window=4, backoff_initial_s=0.05, backoff_max_s=0.3),
+    )
+    out: list[object] = []
+    thread = threading.Thread(target=lambda: out.append(run_agent(options, on_result)), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: len(results) >= 300 or not thread.is_alive(), what="300 frames")
+        assert [s for s, _, _ in results.values()].count("max-remote") >= 250  # remote is faster
+        serve.kill()
+        down_at = len(results)
+        wait_for(lambda: len(results) >= down_at + 100 or not thread.is_alive(), what="frames while down")
+        during = sorted(results)[down_at + 20 : down_at + 100]
+        serve.start()  # same port
+        thread.join(90)
+    finally:
+        serve.stop()
+    report = out[0]
+    s = report.summary  # type: ignore[attr-defined]
+    assert (s["captured"], s["completed"], s["lost"], s["failed"]) == (1500, 1500, 0, 0)
+    assert all(results[i][0] == "max-local" for i in during)
+    assert report.info["adapt"]["fallback_frames"] >= 80  # type: ignore[attr-defined]
+    last = [results[i][0] for i in sorted(results)[-100:]]
+    assert last.count("max-remote") >= 80  # back to the server once it is up
+    for split, x, y in results.values():
+        np.testing.assert_array_equal(y, x.max(axis=1, keepdims=True), err_msg=split)

@@ -8,6 +8,8 @@
     bytes and reads replies. Ratio = our frames/s over echo messages/s (target >= 0.7).
 (b) A real split (a torchvision model cut near the middle, int8): the agent's achieved frames/s
     as a fraction of its slowest stage, both measured in the same run (target >= 0.85).
+(t) What TLS costs: agent + serve as in (a), plaintext against TLS (a fresh test CA and server
+    certificate), in alternating rounds: frames/s and CPU per frame on both sides.
 (c) Diagnosis of (a) at 10 KB: the client process's CPU per frame of our stream client alone
     (pre-built requests), of the agent, of the agent with its head's runtime call replaced by
     handing the input through, and with that call replaced by ``time.sleep(0)`` (which only
@@ -20,6 +22,7 @@ in alternating rounds so that other load on the machine affects both alike.
     .venv/bin/python bench/pipeline.py --part a --seconds 4 --rounds 5
     .venv/bin/python bench/pipeline.py --part b --model torchvision:resnet18
     .venv/bin/python bench/pipeline.py --part c --seconds 2 --rounds 5
+    .venv/bin/python bench/pipeline.py --part tls --seconds 3 --rounds 5
 """
 
 from __future__ import annotations
@@ -245,14 +248,20 @@ def echo_round(
 
 
 def agent_round(
-    export: Path, port: int, window: int, seconds: float, threads: int = 1, cpu: Cpu | None = None
+    export: Path,
+    port: int,
+    window: int,
+    seconds: float,
+    threads: int = 1,
+    cpu: Cpu | None = None,
+    tls: Any = None,
 ) -> dict[str, Any]:
     """Our agent for ``seconds`` (then stopped and drained); its report's figures, and CPU per
     frame in its steady state (after its start-up: loading the head, connecting)."""
     options = AgentOptions(
         export,
         server=f"127.0.0.1:{port}",
-        client=ClientOptions(window=window),
+        client=ClientOptions(window=window, tls=tls),
         threads=threads,
         log_interval_s=0,
     )
@@ -512,11 +521,63 @@ def part_c(seconds: float, rounds: int, window: int, tmp: Path) -> dict[str, Any
     return out
 
 
+def part_tls(sizes: list[int], seconds: float, rounds: int, window: int, tmp: Path) -> list[dict[str, Any]]:
+    from splitpipe.tls import ClientTls
+    from tests.fixtures.certs import CertificateAuthority
+
+    ca = CertificateAuthority(tmp / "pki")
+    cert = ca.issue("server", "bench", ("127.0.0.1",))
+    out = []
+    for size in sizes:
+        export = trivial_export(tmp / f"tls-{size}", max(1, size // 4))
+        plain, plain_port = start_serve(export, [])
+        secure, secure_port = start_serve(export, ["--tls-cert", str(cert.cert), "--tls-key", str(cert.key)])
+        try:
+            runs: dict[str, list[dict[str, Any]]] = {"plaintext": [], "tls": []}
+            for _ in range(rounds):
+                runs["plaintext"].append(agent_round(export, plain_port, window, seconds, cpu=Cpu(plain.pid)))
+                runs["tls"].append(
+                    agent_round(
+                        export,
+                        secure_port,
+                        window,
+                        seconds,
+                        cpu=Cpu(secure.pid),
+                        tls=ClientTls(ca=ca.pem.cert),
+                    )
+                )
+        finally:
+            stop(plain)
+            stop(secure)
+        entry: dict[str, Any] = {"size_bytes": size, "window": window}
+        for kind, rs in runs.items():
+            entry[kind] = {
+                "fps": float(np.median([r["steady_fps"] for r in rs])),
+                "client_cpu_us": float(np.median([r["client_cpu_us"] for r in rs])),
+                "server_cpu_us": float(np.median([r["server_cpu_us"] for r in rs])),
+                "lost": sum(r["lost"] for r in rs),
+            }
+        entry["fps_ratio"] = entry["tls"]["fps"] / entry["plaintext"]["fps"]
+        entry["ratios_per_round"] = [
+            t["steady_fps"] / p["steady_fps"] for p, t in zip(runs["plaintext"], runs["tls"], strict=True)
+        ]
+        out.append(entry)
+        p, t = entry["plaintext"], entry["tls"]
+        print(
+            f"  {size:>9,} B: plaintext {p['fps']:7.0f} fps, CPU/frame client {p['client_cpu_us']:.0f} us server "
+            f"{p['server_cpu_us']:.0f} us | TLS {t['fps']:7.0f} fps, client {t['client_cpu_us']:.0f} us server "
+            f"{t['server_cpu_us']:.0f} us | TLS/plaintext fps {entry['fps_ratio']:.2f} "
+            f"(rounds {', '.join(f'{x:.2f}' for x in entry['ratios_per_round'])}), lost {p['lost'] + t['lost']}",
+            flush=True,
+        )
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--part", choices=["a", "b", "c", "both"], default="both")
+    parser.add_argument("--part", choices=["a", "b", "c", "tls", "both"], default="both")
     parser.add_argument("--sizes", default="10000,1000000", help="tensor sizes for part a, bytes")
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per round")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (medians reported)")
@@ -555,6 +616,11 @@ def main() -> int:
                 flush=True,
             )
             result["b"] = part_b(args.model, args.codec, args.seconds, args.rounds, args.window, Path(tmp))
+        if args.part == "tls":
+            print(f"(t) agent + serve, plaintext against TLS, window {args.window}", flush=True)
+            result["tls"] = part_tls(
+                [int(s) for s in args.sizes.split(",")], args.seconds, args.rounds, args.window, Path(tmp)
+            )
         if args.part == "c":
             print(f"(c) where the agent's CPU per 10 KB frame goes, window {args.window}", flush=True)
             result["c"] = part_c(args.seconds, args.rounds, args.window, Path(tmp))

@@ -539,10 +539,18 @@ def _check_alternatives(exports: list[EdgeExport]) -> None:
     first = exports[0]
     names = [e.name for e in exports]
     if len(set(names)) != len(names):
-        raise SplitpipeError(f"exports to adapt among need different names; got {names}")
+        raise SplitpipeError(
+            f"exports to adapt among need different names (the same export given twice?); got {names}"
+        )
+
+    def tensors(specs: Any) -> list[str]:
+        return [
+            f"{t.name} {t.dtype}[{','.join('?' if d is None else str(d) for d in t.shape)}]" for t in specs
+        ]
+
     for other in exports[1:]:
         for what, a, b in (
-            ("inputs", first.inputs, other.inputs),
+            ("inputs", tensors(first.inputs), tensors(other.inputs)),
             ("outputs", [t.name for t in first.outputs], [t.name for t in other.outputs]),
             ("preprocess", first.preprocess, other.preprocess),
         ):

@@ -76,6 +76,8 @@ def load_manifest(directory: Path) -> dict[str, Any]:
     if not isinstance(name, str) or not _NAME.match(name):
         raise _fail(directory, f"model name {name!r} must be 1-128 of letters, digits, '.', '_', '-'")
     tail = (manifest.get("files") or {}).get("tail")
+    if tail is None and (manifest.get("split") or {}).get("id") == "local":
+        raise _fail(directory, "a local export (the whole model runs on the device) has no tail to serve")
     if not isinstance(tail, dict) or not isinstance(tail.get("path"), str) or not tail.get("sha256"):
         raise _fail(directory, "manifest field files.tail must give the tail's path and sha256")
     return manifest

@@ -224,3 +224,13 @@ def test_cli(tmp_path: Path) -> None:
         (line,) = [x for x in bad.stderr.splitlines() if "error" in x]
         assert message in line
     assert not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()
+
+
+def test_a_local_export_has_no_tail(tmp_path: Path) -> None:
+    export = relu_mean(tmp_path / "export")
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["split"] = {"id": "local", "label": "all on the device"}
+    del manifest["files"]["tail"]
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SplitpipeError, match="a local export .* has no tail to serve"):
+        write_repository([export], tmp_path / "repo")

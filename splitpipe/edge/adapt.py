@@ -18,7 +18,8 @@ export's manifest) fills in, marked as planned.
 The chooser moves to the option predicted fastest when it beats the current one by more than
 ``hysteresis`` and the current one has run ``min_frames`` frames, or at once when it is
 predicted twice as fast. While the stream to the server is broken (and the client reconnects),
-frames run on a ``local`` option when there is one, instead of waiting for the server. Options that have not run for
+frames run on a ``local`` option when there is one, instead of waiting for the server; so do
+the first frames, until the server first answers. Options that have not run for
 ``probe_s`` seconds get one frame now and then (a probe, answered like any frame), so their
 figures stay current and a link that got faster is noticed; an option predicted to take more
 than ``probe_factor`` times the current one's latency is not probed, so a probe costs little.
@@ -121,6 +122,10 @@ class Chooser:
         self._last_probe = -math.inf
         self._lock = threading.Lock()
         self._started = time.perf_counter()
+
+    @property
+    def has_local(self) -> bool:
+        return any(not o.remote for o in self.options)
 
     # -- the link ---------------------------------------------------------------------------------
     def link(self, now: float | None = None) -> Link:

@@ -195,6 +195,7 @@ class Agent:
             profile = load_profile(opts.device_profile)
         energy = EnergyShares(detect_meter(profile))
 
+        connector: asyncio.Task[None] | None = None  # connecting while frames already run locally
         with contextlib.ExitStack() as stack:
             runners = [
                 stack.enter_context(
@@ -219,7 +220,11 @@ class Agent:
                     expected_inputs=inputs.pop(first),
                     more_models=dict(inputs),
                 )
-                await self._client.start(abort=self._stop_async)
+                if self.chooser is not None and self.chooser.has_local:
+                    # frames run on the local export until the server answers
+                    connector = asyncio.create_task(self._client.start(abort=self._stop_async))
+                else:
+                    await self._client.start(abort=self._stop_async)
             energy.start()
             started = time.perf_counter()
             worker = None
@@ -233,12 +238,16 @@ class Agent:
                 sender = asyncio.create_task(self._produce_inline(runners, energy))
             logger = asyncio.create_task(self._log_lines()) if opts.log_interval_s > 0 else None
             try:
-                await self._drive(sender)
+                await self._drive(sender, connector)
             finally:
                 self._stop.set()
                 sender.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sender
+                if connector is not None and not connector.done():
+                    connector.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await connector
                 if worker is not None:
                     await asyncio.get_running_loop().run_in_executor(None, worker.join)
                 if self._client is not None:
@@ -495,14 +504,26 @@ class Agent:
         if self.on_result is not None and record.error is None:
             self.on_result(FrameResult(record, inputs, outputs))
 
-    async def _drive(self, sender: asyncio.Task[None]) -> None:
+    async def _drive(self, sender: asyncio.Task[None], connector: asyncio.Task[None] | None = None) -> None:
         """Until the frames are prepared (--frames, source end) or a stop, then drain: every frame
         captured gets its result unless ``drain_timeout_s`` passes or a second stop comes (those
-        frames are reported lost)."""
+        frames are reported lost). A ``connector`` still connecting that fails (the server does
+        not serve a model, TLS, --connect-timeout) ends the run with its error."""
         assert self._stop_async is not None and self._abort_async is not None
         stop = asyncio.ensure_future(self._stop_async.wait())
+        waits: set[asyncio.Future[Any]] = {sender, stop}
+        if connector is not None:
+            waits.add(connector)
         try:
-            await asyncio.wait({sender, stop}, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if connector in done:
+                    waits.discard(connector)
+                    if connector.exception() is not None:
+                        raise connector.exception()  # type: ignore[misc]
+                    if not done - {connector}:
+                        continue  # connected: frames go on
+                break
         finally:
             stop.cancel()
         deadline = time.perf_counter() + self.options.drain_timeout_s

@@ -202,6 +202,9 @@ class StreamClient:
                     await stub.ModelMetadata(pb.ModelMetadataRequest(name=name), timeout=o.rpc_timeout_s)
                     for name in self.models
                 ]
+            except asyncio.CancelledError:
+                await channel.close(grace=None)
+                raise
             except grpc.aio.AioRpcError as exc:
                 await channel.close(grace=None)
                 if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED):

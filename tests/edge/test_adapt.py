@@ -275,3 +275,56 @@ def test_frames_run_locally_while_the_server_is_down(tmp_path: Path) -> None:
     assert last.count("max-remote") >= 80  # back to the server once it is up
     for split, x, y in results.values():
         np.testing.assert_array_equal(y, x.max(axis=1, keepdims=True), err_msg=split)
+
+
+def test_frames_run_locally_until_the_server_comes_up(tmp_path: Path) -> None:
+    import threading
+
+    from tests.edge.conftest import ServeProcess, free_port, wait_for
+
+    remote, local = _remote_and_heavy_local(tmp_path)
+    port = free_port()
+    splits: dict[int, str] = {}
+
+    def on_result(result: FrameResult) -> None:
+        splits[result.record.id] = str(result.record.split)
+
+    options = AgentOptions(
+        remote,
+        more_exports=(local,),
+        server=f"127.0.0.1:{port}",
+        frames=1000,
+        fps=200,
+        log_interval_s=0,
+        client=ClientOptions(window=4, backoff_initial_s=0.05, backoff_max_s=0.3),
+    )
+    out: list[object] = []
+    thread = threading.Thread(target=lambda: out.append(run_agent(options, on_result)), daemon=True)
+    thread.start()
+    serve = ServeProcess([remote], port)
+    try:
+        wait_for(lambda: len(splits) >= 100 or not thread.is_alive(), what="100 local frames")
+        before = dict(splits)
+        serve.start()
+        thread.join(90)
+    finally:
+        serve.stop()
+    report = out[0]
+    s = report.summary  # type: ignore[attr-defined]
+    assert (s["completed"], s["lost"], s["failed"]) == (1000, 0, 0)
+    assert set(before.values()) == {"max-local"}
+    last = [splits[i] for i in sorted(splits)[-100:]]
+    assert last.count("max-remote") >= 80
+
+
+def test_a_server_without_the_model_still_ends_the_run(tmp_path: Path, exports: Exports) -> None:
+    remote, local = _remote_and_heavy_local(tmp_path)
+    with (
+        ServerThread([exports.raw]) as server,
+        pytest.raises(SplitpipeError, match="unknown model 'max-remote'"),
+    ):
+        run_agent(
+            AgentOptions(
+                remote, more_exports=(local,), server=f"127.0.0.1:{server.port}", fps=50, log_interval_s=0
+            )
+        )

@@ -232,5 +232,5 @@ def test_a_local_export_has_no_tail(tmp_path: Path) -> None:
     manifest["split"] = {"id": "local", "label": "all on the device"}
     del manifest["files"]["tail"]
     (export / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(SplitpipeError, match="a local export .* has no tail to serve"):
+    with pytest.raises(SplitpipeError, match=r"a local export .* has no tail to serve"):
         write_repository([export], tmp_path / "repo")

@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-EXTRAS ?= plan,edge,server,video,dev
+EXTRAS ?= plan,edge,server,video,ray,dev
 
 .PHONY: venv demo test test-all lint format proto clean
 

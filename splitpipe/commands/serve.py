@@ -69,6 +69,25 @@ def register(subparsers: Any) -> None:
         default=10.0,
         help="seconds between rate/latency log lines; 0: off (default 10)",
     )
+    parser.add_argument(
+        "--ray",
+        action="store_true",
+        help="run the tails on Ray Serve replicas (the ray extra; docs/server.md)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="with --ray: join this Ray cluster (auto, or HOST:PORT); default: start Ray on this machine",
+    )
+    parser.add_argument(
+        "--replicas", type=int, default=2, help="with --ray: replicas of each tail (default 2)"
+    )
+    parser.add_argument(
+        "--replica-cpus", type=float, default=1.0, help="with --ray: CPUs each replica asks for (default 1)"
+    )
+    parser.add_argument(
+        "--replica-gpus", type=float, default=0.0, help="with --ray: GPUs each replica asks for (default 0)"
+    )
     parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve over TLS with this certificate")
     parser.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
     parser.add_argument(
@@ -85,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     from splitpipe.errors import SplitpipeError
     from splitpipe.server import InferenceServer, ServerOptions, serve
+    from splitpipe.server.options import RayOptions
     from splitpipe.tls import ServerTls
 
     if not 0 <= args.port <= 65535:
@@ -96,6 +116,11 @@ def run(args: argparse.Namespace) -> int:
         if not (args.tls_cert and args.tls_key):
             raise SplitpipeError("TLS needs both --tls-cert and --tls-key")
         tls = ServerTls(args.tls_cert, args.tls_key, args.tls_client_ca)
+    ray = None
+    if args.ray:
+        ray = RayOptions(args.ray_address, args.replicas, args.replica_cpus, args.replica_gpus)
+    elif args.ray_address:
+        raise SplitpipeError("--ray-address goes with --ray")
     options = ServerOptions(
         max_batch=args.max_batch,
         batch_timeout_us=args.batch_timeout_us,
@@ -108,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         grace_s=args.grace,
         log_interval_s=args.log_interval,
         tls=tls,
+        ray=ray,
     )
     host = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
 

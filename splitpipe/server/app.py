@@ -72,8 +72,10 @@ class InferenceServer:
         metrics: Metrics,
         state: ServerState,
         health: Any,
+        ray: Any = None,
     ) -> None:
         self.grpc = server
+        self._ray = ray  # the RayCluster the tails run on, if any
         self.port = port
         self.models = models
         self.options = options
@@ -115,6 +117,9 @@ class InferenceServer:
             await batcher.stop()
         for model in self.models.values():
             model.close()
+        if self._ray is not None:
+            # Ray's calls block and use their own event loop: off this one
+            await asyncio.get_running_loop().run_in_executor(None, self._ray.close)
         for line in self.metrics.interval_lines():
             _LOGGER.info("%s", line)
         _LOGGER.info("stopped")
@@ -141,7 +146,12 @@ async def create_server(
     options = options or ServerOptions()
     credentials = options.tls.credentials() if options.tls is not None else None
     models = load_tails(list(export_dirs), options)
+    cluster = None
     try:
+        if options.ray is not None:
+            from splitpipe.server.ray_serve import attach
+
+            cluster = attach(models, options.ray, options.threads, list(options.providers))
         server = grpc.aio.server(options=grpc_options(options))
         health = health_module.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -158,10 +168,12 @@ async def create_server(
         if port == 0:
             raise SplitpipeError(f"cannot listen on {address} (in use, or not an address of this host)")
         state = ServerState()
-        return InferenceServer(server, port, models, options, Metrics(), state, health), port
+        return InferenceServer(server, port, models, options, Metrics(), state, health, cluster), port
     except BaseException:
         for model in models.values():
             model.close()
+        if cluster is not None:
+            cluster.close()
         raise
 
 

@@ -56,7 +56,8 @@ class Batcher:
         self.max_rows = options.max_batch if model.batchable else 1
         self.timeout_s = options.batch_timeout_us / 1e6
         self.max_bytes = options.max_tensor_bytes
-        self.instances = options.instances
+        # with remote runs (Ray Serve), one thread per replica keeps every replica busy
+        self.instances = max(options.instances, options.ray.replicas) if options.ray else options.instances
         self._metrics = metrics
         # Shared by the event loop (appends) and the tail threads (take batches), under _cond.
         self._queue: deque[tuple[Prepared, asyncio.Future[Result]]] = deque()
@@ -67,7 +68,8 @@ class Batcher:
         self._busy = 0  # thread runs in progress (under _cond)
         # the event loop's own: wall times of the latest runs on the loop (us), and the choice
         self._inline_us: deque[float] = deque(maxlen=5)
-        self.inline = self.timeout_s == 0  # a batch timeout asks to wait for batches: threads
+        # a batch timeout asks to wait for batches, and remote runs would block the loop: threads
+        self.inline = self.timeout_s == 0 and not model.remote
         self._idle_submits = 0
 
     def start(self) -> None:
@@ -106,7 +108,13 @@ class Batcher:
         assert self._loop is not None, "Batcher.start() first"
         item.enqueued = start = time.perf_counter()
         with self._cond:
-            here = not self._queue and not self._busy and not self._stopping and self.timeout_s == 0
+            here = (
+                not self._queue
+                and not self._busy
+                and not self._stopping
+                and self.timeout_s == 0
+                and not self.model.remote
+            )
             if here and not self.inline:
                 self._idle_submits += 1
                 here = self._idle_submits % _PROBE_EVERY == 0

@@ -111,6 +111,7 @@ class TailModel:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     batchable: bool
+    remote: bool = False  # the runs happen elsewhere (Ray Serve replicas): never on the event loop
 
     def __post_init__(self) -> None:
         self.input_index = {spec.name: i for i, spec in enumerate(self.inputs)}

@@ -11,6 +11,28 @@ MIB = 1 << 20
 
 
 @dataclass(frozen=True)
+class RayOptions:
+    """- ``address``: None starts a local Ray instance; ``auto`` or ``HOST:PORT`` joins a cluster.
+    - ``replicas``: replicas of each tail; ``replica_cpus`` / ``replica_gpus``: what each asks of
+      Ray (fractions allowed), which decides where Ray can place it.
+    - ``timeout_s``: longest a tail run may take on a replica before the request fails."""
+
+    address: str | None = None
+    replicas: int = 2
+    replica_cpus: float = 1.0
+    replica_gpus: float = 0.0
+    timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise SplitpipeError(f"--replicas must be at least 1, got {self.replicas}")
+        if self.replica_cpus < 0 or self.replica_gpus < 0 or self.replica_cpus + self.replica_gpus <= 0:
+            raise SplitpipeError("each replica needs some CPU or GPU: --replica-cpus / --replica-gpus > 0")
+        if self.timeout_s <= 0:
+            raise SplitpipeError(f"the replica timeout must be > 0 s, got {self.timeout_s}")
+
+
+@dataclass(frozen=True)
 class ServerOptions:
     """How ``splitpipe serve`` loads, batches and runs tails.
 
@@ -32,6 +54,8 @@ class ServerOptions:
       them off.
     - ``tls``: serve over TLS with this certificate (and ask clients for theirs when it names
       a client CA); None serves plaintext.
+    - ``ray``: run the tails on Ray Serve replicas (:mod:`splitpipe.server.ray_serve`); None
+      runs them in this process.
     """
 
     max_batch: int = 8
@@ -46,6 +70,7 @@ class ServerOptions:
     grace_s: float = 10.0
     log_interval_s: float = 0.0
     tls: ServerTls | None = None
+    ray: RayOptions | None = None
 
     def __post_init__(self) -> None:
         positive = {

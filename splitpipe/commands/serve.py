@@ -70,6 +70,12 @@ def register(subparsers: Any) -> None:
         help="seconds between rate/latency log lines; 0: off (default 10)",
     )
     parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (default: off)",
+    )
+    parser.add_argument(
         "--ray",
         action="store_true",
         help="run the tails on Ray Serve replicas (the ray extra; docs/server.md)",
@@ -107,8 +113,9 @@ def run(args: argparse.Namespace) -> int:
     from splitpipe.server.options import RayOptions
     from splitpipe.tls import ServerTls
 
-    if not 0 <= args.port <= 65535:
-        raise SplitpipeError(f"port must be 0..65535, got {args.port}")
+    for what, port in (("port", args.port), ("--metrics-port", args.metrics_port)):
+        if port is not None and not 0 <= port <= 65535:
+            raise SplitpipeError(f"{what} must be 0..65535, got {port}")
     if args.threads < 0:
         raise SplitpipeError(f"threads must be >= 0 (0 lets the runtime choose), got {args.threads}")
     tls = None
@@ -134,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         log_interval_s=args.log_interval,
         tls=tls,
         ray=ray,
+        metrics_port=args.metrics_port,
     )
     host = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
 

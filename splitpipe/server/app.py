@@ -73,8 +73,12 @@ class InferenceServer:
         state: ServerState,
         health: Any,
         ray: Any = None,
+        host: str = "0.0.0.0",
     ) -> None:
         self.grpc = server
+        self.host = host
+        self.metrics_port: int | None = None  # the Prometheus exporter's, once started
+        self._exporter: Any = None
         self._ray = ray  # the RayCluster the tails run on, if any
         self.port = port
         self.models = models
@@ -99,6 +103,19 @@ class InferenceServer:
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if self.options.log_interval_s > 0:
             self._stats = asyncio.create_task(self._log_stats())
+        if self.options.metrics_port is not None:
+            from splitpipe.server.metrics import start_exporter
+
+            try:
+                self._exporter, self.metrics_port = start_exporter(
+                    self.metrics, self.host, self.options.metrics_port, lambda: self._state.ready
+                )
+            except OSError as exc:
+                await self.stop(0)
+                raise SplitpipeError(
+                    f"cannot serve metrics on {self.host}:{self.options.metrics_port}: {exc.strerror}"
+                ) from None
+            _LOGGER.info("Prometheus metrics on http://%s:%d/metrics", self.host, self.metrics_port)
         _LOGGER.info("serving %s on port %d", ", ".join(sorted(self.models)), self.port)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -111,6 +128,9 @@ class InferenceServer:
         await self._health.enter_graceful_shutdown()  # every service NOT_SERVING from now on
         grace = self.options.grace_s if grace is None else grace
         await self.grpc.stop(grace)
+        if self._exporter is not None:  # its shutdown waits for the serving thread's next poll
+            await asyncio.get_running_loop().run_in_executor(None, self._exporter.shutdown)
+            self._exporter.server_close()
         if self._stats is not None:
             self._stats.cancel()
         for batcher in self._batchers.values():
@@ -168,7 +188,8 @@ async def create_server(
         if port == 0:
             raise SplitpipeError(f"cannot listen on {address} (in use, or not an address of this host)")
         state = ServerState()
-        return InferenceServer(server, port, models, options, Metrics(), state, health, cluster), port
+        host = address.rpartition(":")[0].strip("[]")
+        return InferenceServer(server, port, models, options, Metrics(), state, health, cluster, host), port
     except BaseException:
         for model in models.values():
             model.close()

@@ -54,6 +54,8 @@ class ServerOptions:
       them off.
     - ``tls``: serve over TLS with this certificate (and ask clients for theirs when it names
       a client CA); None serves plaintext.
+    - ``metrics_port``: serve Prometheus metrics on this HTTP port (0 picks a free one; None:
+      no exporter), on the same host as gRPC.
     - ``ray``: run the tails on Ray Serve replicas (:mod:`splitpipe.server.ray_serve`); None
       runs them in this process.
     """
@@ -71,6 +73,7 @@ class ServerOptions:
     log_interval_s: float = 0.0
     tls: ServerTls | None = None
     ray: RayOptions | None = None
+    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         positive = {

@@ -102,9 +102,10 @@ class RayCluster:
             ) from None
         self.options = options
         self.apps: list[str] = []
-        self._started_ray = not ray.is_initialized() and options.address is None
+        self._init_here = not ray.is_initialized()  # we connect (or start), so we disconnect
+        self._started_ray = self._init_here and options.address is None  # a Ray of our own
         try:
-            if not ray.is_initialized():
+            if self._init_here:
                 ray.init(
                     address=options.address,
                     include_dashboard=False,
@@ -164,7 +165,7 @@ class RayCluster:
             _LOGGER.debug("removing %s: %s", self.apps, exc)
         finally:
             self.apps = []
-            if self._started_ray:
+            if self._init_here:  # stops our own instance; leaves a cluster we joined running
                 ray.shutdown()
 
 

@@ -169,11 +169,15 @@ class Chooser:
         return o.device_ms + link.rtt_ms + link.transfer_ms(o.tx_bytes) + o.server_ms
 
     # -- per frame --------------------------------------------------------------------------------
-    def pick(self, now: float | None = None, remote_up: bool = True) -> int:
+    def pick(
+        self, now: float | None = None, remote_up: bool = True, waiting_ms: dict[int, float] | None = None
+    ) -> int:
         """The option of the next frame: a probe of a stale option, or the current (after a
         switch when another is predicted enough faster). While ``remote_up`` is False (the
         stream is broken and reconnecting) frames run on the fastest local option, if there is
-        one, and the choice resumes once the stream is back."""
+        one, and the choice resumes once the stream is back. ``waiting_ms``: per option, how
+        long its oldest unanswered frame has waited since it was sent; a frame of that option
+        takes at least that long, which shows a link that slowed down before any reply does."""
         now = time.perf_counter() if now is None else now
         s = self.settings
         with self._lock:
@@ -183,6 +187,8 @@ class Chooser:
                 return min(local, key=lambda i: self.options[i].device_ms)
             link = self.link(now)
             predicted = [self.predict(i, link) for i in range(len(self.options))]
+            for i, waited in (waiting_ms or {}).items():
+                predicted[i] = max(predicted[i], self.options[i].device_ms + waited)
             best = min(range(len(predicted)), key=predicted.__getitem__)
             current = self.current
             # a better option wins after min_frames on the current one; one twice as fast at once

@@ -350,8 +350,7 @@ class Agent:
     def _step(self, runners: list[Any], energy: EnergyShares) -> _Prepared | None:
         index = self._captured
         chooser = self.chooser
-        client = self._client
-        option = 0 if chooser is None else chooser.pick(remote_up=client is None or client.connected)
+        option = 0 if chooser is None else self._pick(chooser)
         t0 = time.perf_counter()
         feed = self.source.read()
         if feed is None:
@@ -380,6 +379,18 @@ class Agent:
         self.records.append(record)
         self._captured = index + 1
         return prepared
+
+    def _pick(self, chooser: Chooser) -> int:
+        client = self._client
+        if client is None:
+            return chooser.pick()
+        now = time.perf_counter()
+        waiting: dict[int, float] = {}
+        for entry in client.unanswered():
+            if entry.sends:  # sent and waiting: the longest wait per option
+                option = entry.context.option
+                waiting[option] = max(waiting.get(option, 0.0), (now - entry.sent_at) * 1e3)
+        return chooser.pick(now, remote_up=client.connected, waiting_ms=waiting)
 
     def _more(self) -> bool:
         limit = self.options.frames

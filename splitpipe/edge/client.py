@@ -95,6 +95,10 @@ class StreamClient:
     def in_flight(self) -> int:
         return len(self._pending)
 
+    def unanswered(self) -> tuple[Pending, ...]:
+        """The frames sent or waiting to be sent, oldest first (a copy; any thread)."""
+        return tuple(self._pending.values())
+
     @property
     def connected(self) -> bool:
         """A stream is open (False from a break until the reconnect succeeds)."""

@@ -92,6 +92,17 @@ def test_a_dead_slow_link_goes_local_and_expensive_probes_stop() -> None:
     assert 4 <= tail.count("small") <= 60 / 5 + 1
 
 
+def test_a_frame_still_waiting_shows_a_slower_link_before_any_reply() -> None:
+    chooser = Chooser(_options(), Link(2.0, 100 * MBIT, "planned"), AdaptOptions(probe_s=100.0))
+    _run(chooser, TrueLink(2.0, 100), 0.0, 1.0)
+    assert chooser.options[chooser.current].name == "big"
+    t = 1.5
+    assert chooser.pick(t, waiting_ms={0: 25.0}) == 0  # a little late (26 ms): still ahead of small
+    # big's oldest frame has waited 400 ms (the link fell): small (33 ms) is over twice as fast
+    assert chooser.options[chooser.pick(t, waiting_ms={0: 400.0})].name == "small"
+    assert chooser.switches[-1]["predicted_ms"]["big"] == pytest.approx(401.0)
+
+
 def test_hysteresis_keeps_it_from_flapping() -> None:
     options = [Option("a", True, 10.0, 1000, 1.0), Option("b", True, 10.5, 900, 1.0)]
     chooser = Chooser(options, Link(1.0, 10 * MBIT, "planned"), AdaptOptions(probe_s=0.5, hysteresis=0.15))

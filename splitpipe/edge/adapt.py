@@ -188,7 +188,10 @@ class Chooser:
             link = self.link(now)
             predicted = [self.predict(i, link) for i in range(len(self.options))]
             for i, waited in (waiting_ms or {}).items():
-                predicted[i] = max(predicted[i], self.options[i].device_ms + waited)
+                o = self.options[i]
+                if o.device_ms + waited > 2 * predicted[i]:
+                    o.network.clear()  # its recent frames no longer tell how long it takes
+                predicted[i] = max(predicted[i], o.device_ms + waited)
             best = min(range(len(predicted)), key=predicted.__getitem__)
             current = self.current
             # a better option wins after min_frames on the current one; one twice as fast at once

@@ -101,6 +101,8 @@ def test_a_frame_still_waiting_shows_a_slower_link_before_any_reply() -> None:
     # big's oldest frame has waited 400 ms (the link fell): small (33 ms) is over twice as fast
     assert chooser.options[chooser.pick(t, waiting_ms={0: 400.0})].name == "small"
     assert chooser.switches[-1]["predicted_ms"]["big"] == pytest.approx(401.0)
+    # big's fast frames from before no longer count: its late replies decide its figures
+    assert not chooser.options[0].network
 
 
 def test_hysteresis_keeps_it_from_flapping() -> None:

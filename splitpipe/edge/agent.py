@@ -575,14 +575,9 @@ def _check_alternatives(exports: list[EdgeExport]) -> None:
             f"exports to adapt among need different names (the same export given twice?); got {names}"
         )
 
-    def tensors(specs: Any) -> list[str]:
-        return [
-            f"{t.name} {t.dtype}[{','.join('?' if d is None else str(d) for d in t.shape)}]" for t in specs
-        ]
-
     for other in exports[1:]:
         for what, a, b in (
-            ("inputs", tensors(first.inputs), tensors(other.inputs)),
+            ("inputs", [t.describe() for t in first.inputs], [t.describe() for t in other.inputs]),
             ("outputs", [t.name for t in first.outputs], [t.name for t in other.outputs]),
             ("preprocess", first.preprocess, other.preprocess),
         ):

@@ -86,7 +86,7 @@ class EdgeExport:
         spec = parse_name(self.codec_name)
         out: dict[str, Any] = {}
         for tensor in self.cut:
-            if spec.base == "raw" and spec.entropy is None:
+            if spec.plain:
                 out[tensor.name] = None
                 continue
             cal = self.calibration.get(tensor.name)

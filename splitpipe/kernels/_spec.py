@@ -61,6 +61,11 @@ class CodecSpec:
         return self.base in BITS
 
     @functools.cached_property
+    def plain(self) -> bool:
+        """The tensor's own bytes (``raw``, no lossless stage): nothing for a receiver to decode."""
+        return self.base == "raw" and self.entropy is None
+
+    @functools.cached_property
     def image(self) -> bool:
         """An image codec: NCHW tensors with 1 or 3 channels only."""
         return self.base == "jpeg"

@@ -93,9 +93,7 @@ def _compatible(a: TensorSpec, b: TensorSpec) -> bool:
 
 
 def _describe(specs: list[TensorSpec]) -> str:
-    return ", ".join(
-        f"{s.name} {s.dtype.name}[{','.join('?' if d is None else str(d) for d in s.shape)}]" for s in specs
-    )
+    return ", ".join(s.describe() for s in specs)
 
 
 @dataclass

@@ -74,8 +74,13 @@ def _quote(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+def _dims(spec: Any, batched: bool) -> list[int]:
+    """Triton's dims: without the batch dimension when Triton batches; free ones as -1."""
+    return [-1 if d is None else int(d) for d in (spec.shape[1:] if batched else spec.shape)]
+
+
 def _tensor(spec: Any, batched: bool) -> list[str]:
-    dims = [-1 if d is None else int(d) for d in (spec.shape[1:] if batched else spec.shape)]
+    dims = _dims(spec, batched)
     lines = [
         "  {",
         f"    name: {_quote(spec.name)}",
@@ -132,8 +137,7 @@ def _check_plain(model: TailModel) -> None:
     from splitpipe.kernels import parse_name
 
     codec = model.codec or "raw"
-    spec = parse_name(codec)
-    if spec.base == "raw" and spec.entropy is None:
+    if parse_name(codec).plain:
         return
     folded = (model.manifest.get("codec") or {}).get("folded")
     if folded:
@@ -211,8 +215,7 @@ def _write_entry(model: TailModel, repo: Path, options: TritonOptions) -> Triton
         shutil.rmtree(tmp, ignore_errors=True)
     batched = model.batchable
     inputs = [
-        f"{s.name} TYPE_{kserve_datatype(s.dtype)}"
-        f"[{', '.join('-1' if d is None else str(d) for d in (s.shape[1:] if batched else s.shape))}]"
+        f"{s.name} TYPE_{kserve_datatype(s.dtype)}[{', '.join(map(str, _dims(s, batched)))}]"
         for s in model.inputs
     ]
     return TritonEntry(target, model.name, batched, inputs)

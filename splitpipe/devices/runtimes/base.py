@@ -26,6 +26,10 @@ class TensorSpec:
     dtype: np.dtype[Any]
     shape: tuple[int | None, ...]
 
+    def describe(self) -> str:
+        """``name dtype[d0,d1,...]`` with ``?`` for free dimensions, for messages."""
+        return f"{self.name} {self.dtype.name}[{','.join('?' if d is None else str(d) for d in self.shape)}]"
+
     def accepts(self, array: np.ndarray) -> str | None:
         """Why ``array`` does not fit this spec, or None if it does."""
         if array.dtype != self.dtype:

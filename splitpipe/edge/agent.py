@@ -386,10 +386,9 @@ class Agent:
             return chooser.pick()
         now = time.perf_counter()
         waiting: dict[int, float] = {}
-        for entry in client.unanswered():
-            if entry.sends:  # sent and waiting: the longest wait per option
-                option = entry.context.option
-                waiting[option] = max(waiting.get(option, 0.0), (now - entry.sent_at) * 1e3)
+        for entry in client.unanswered():  # the longest wait per option
+            option = entry.context.option
+            waiting[option] = max(waiting.get(option, 0.0), (now - entry.sent_at) * 1e3)
         return chooser.pick(now, remote_up=client.connected, waiting_ms=waiting)
 
     def _more(self) -> bool:

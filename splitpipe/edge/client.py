@@ -96,8 +96,10 @@ class StreamClient:
         return len(self._pending)
 
     def unanswered(self) -> tuple[Pending, ...]:
-        """The frames sent or waiting to be sent, oldest first (a copy; any thread)."""
-        return tuple(self._pending.values())
+        """The frames written on the current stream and not answered yet, oldest first (a copy;
+        any thread). Frames written on a stream that broke wait for their resend: not counted."""
+        stream = self._stream
+        return tuple(p for p in tuple(self._pending.values()) if p.stream == stream)
 
     @property
     def connected(self) -> bool:

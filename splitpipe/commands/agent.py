@@ -62,6 +62,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--runtime", default="ort", help="runner of the head (default ort)")
     parser.add_argument("--providers", default="cpu", help="ONNX Runtime execution providers (default cpu)")
     parser.add_argument(
+        "--no-compiled",
+        dest="use_compiled",
+        action="store_false",
+        help="run head.onnx even where `splitpipe compile` wrote a head for this runtime",
+    )
+    parser.add_argument(
         "--log-interval",
         type=float,
         default=5.0,
@@ -155,11 +161,17 @@ def run(args: argparse.Namespace) -> int:
         device_profile=args.device_profile,
         report=args.report,
         sequential=args.sequential,
+        use_compiled=args.use_compiled,
     )
     agent = Agent(options)
     report = asyncio.run(agent.run(handle_signals=True))
     for line in report.lines():
         print(line)
+    heads = report.info.get("head")
+    for head in heads if isinstance(heads, list) else [heads]:
+        if head and head.get("compiled"):
+            c = head["compiled"]
+            print(f"head: the compiled {head['file']} ({c['target']}, {c['precision']})")
     if args.report:
         print(f"report written to {args.report}")
     return 0

@@ -41,6 +41,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--runtime", default="ort", help="runner of the tails (default ort)")
     parser.add_argument(
+        "--no-compiled",
+        dest="use_compiled",
+        action="store_false",
+        help="run tail.onnx even where `splitpipe compile` wrote a tail for this runtime",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -142,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         tls=tls,
         ray=ray,
         metrics_port=args.metrics_port,
+        use_compiled=args.use_compiled,
     )
     host = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
 

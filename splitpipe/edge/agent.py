@@ -200,7 +200,10 @@ class Agent:
             runners = [
                 stack.enter_context(
                     create_runner(
-                        opts.runtime, e.head_path, threads=opts.threads, providers=list(opts.providers)
+                        opts.runtime,
+                        self._head_file(e)[0],
+                        threads=opts.threads,
+                        providers=list(opts.providers),
                     )
                 )
                 for e in self.exports
@@ -285,9 +288,31 @@ class Agent:
                 "path": "adaptive",
                 "codec": {x.name: None if x.local else x.codec_name for x in self.exports},
                 "export": [str(x.directory) for x in self.exports],
+                "head": [self._head_info(x) for x in self.exports],
                 "adapt": self.chooser.to_json(),
             }
         return self._info_of(e, o)
+
+    def _head_file(self, e: EdgeExport) -> tuple[Any, Any]:
+        """The head file this run loads for ``e`` (a compiled head when built for the runtime)."""
+        path, compiled = e.head_file(self.options.runtime, self.options.use_compiled)
+        if compiled is not None:
+            _LOGGER.info("%s: running the compiled head %s", e.name, compiled.describe())
+        elif e.compiled_head is not None:
+            _LOGGER.info(
+                "%s: not using the compiled head %s (%s); running %s",
+                e.name,
+                e.compiled_head.describe(),
+                "--no-compiled"
+                if not self.options.use_compiled
+                else f"built for runtime {e.compiled_head.runtime}, this run uses {self.options.runtime}",
+                path.name,
+            )
+        return path, compiled
+
+    def _head_info(self, e: EdgeExport) -> dict[str, Any]:
+        path, compiled = e.head_file(self.options.runtime, self.options.use_compiled)
+        return {"file": path.name, "compiled": compiled.summary() if compiled is not None else None}
 
     def _info_of(self, e: EdgeExport, o: AgentOptions) -> dict[str, Any]:
         return {
@@ -303,6 +328,8 @@ class Agent:
             "sequential": o.sequential,
             "fps_limit": o.fps,
             "threads": o.threads,
+            "runtime": o.runtime,
+            "head": self._head_info(e),
             "head_thread": self.head_thread,
             "clock": "durations measured on the device's clock, except 'server' (the server's, from its replies)",
         }

@@ -1,5 +1,6 @@
-"""The device's view of an export directory: the manifest checked, head.onnx's sha256 verified,
-and one codec per cut tensor (static scales where the manifest has them).
+"""The device's view of an export directory: the manifest checked, head.onnx's sha256 verified
+(and a compiled head's, when ``splitpipe compile`` wrote one), and one codec per cut tensor
+(static scales where the manifest has them).
 
 Only numpy and the standard library are needed here; the device never reads tail.onnx.
 """
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from splitpipe.devices.runtimes import TensorSpec
+from splitpipe.devices.runtimes.compiled import CompiledFile, compiled_file, pick_file
 from splitpipe.errors import SplitpipeError
 
 MANIFEST = "manifest.json"
@@ -67,6 +69,13 @@ class EdgeExport:
     codec_name: str
     calibration: dict[str, Any]
     preprocess: dict[str, Any] | None
+    #: the head written by ``splitpipe compile`` (checked), if any
+    compiled_head: CompiledFile | None = None
+
+    def head_file(self, runtime: str, use_compiled: bool = True) -> tuple[Path, CompiledFile | None]:
+        """The head file ``runtime`` loads: the compiled head when it was built for that
+        runtime (and ``use_compiled``), else head.onnx; and the compiled entry used, if any."""
+        return pick_file(self.head_path, self.compiled_head, runtime, use_compiled)
 
     @property
     def split_id(self) -> Any:
@@ -95,18 +104,27 @@ class EdgeExport:
         return out
 
 
-def load_export(directory: str | Path) -> EdgeExport:
-    """Read and check ``DIR/manifest.json`` and ``DIR/head.onnx`` (sha256) for the agent."""
-    directory = Path(directory)
+def read_manifest(directory: Path) -> Any:
+    """``DIR/manifest.json`` parsed (not yet checked); SplitpipeError when it cannot be read."""
     if not directory.is_dir():
         raise SplitpipeError(f"export directory not found: {directory} (write one with `splitpipe export`)")
     path = directory / MANIFEST
     if not path.is_file():
         raise _fail(directory, f"no {MANIFEST} (is this a directory written by `splitpipe export`?)")
     try:
-        manifest = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _fail(directory, f"{MANIFEST} is not valid JSON ({exc})") from None
+
+
+def load_export(directory: str | Path) -> EdgeExport:
+    """Read and check ``DIR/manifest.json`` and ``DIR/head.onnx`` (sha256) for the agent."""
+    directory = Path(directory)
+    return export_from_manifest(directory, read_manifest(directory))
+
+
+def export_from_manifest(directory: Path, manifest: Any) -> EdgeExport:
+    """The checks of :func:`load_export` on a manifest already read from ``directory``."""
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise _fail(directory, f'{MANIFEST} has no "format": {MANIFEST_FORMAT!r}')
     if manifest.get("version") not in MANIFEST_VERSIONS:
@@ -173,6 +191,7 @@ def load_export(directory: str | Path) -> EdgeExport:
         codec_name=codec["name"],
         calibration=calibration,
         preprocess=preprocess,
+        compiled_head=compiled_file(directory, manifest, "head"),
     )
     if not local:
         try:

@@ -145,6 +145,8 @@ class AgentOptions:
       each frame's ``e2e_ms`` is its latency alone (no overlap with, or wait behind, the frame
       before it); for latency measurements. Otherwise the next frame's head overlaps the
       frames in flight (the throughput setting).
+    - ``use_compiled``: run the head that ``splitpipe compile`` wrote, when the manifest has one
+      built for ``runtime`` (False: always head.onnx).
     """
 
     export_dir: Path
@@ -165,6 +167,7 @@ class AgentOptions:
     sequential: bool = False
     more_exports: tuple[Path, ...] = ()
     adapt: AdaptOptions = field(default_factory=AdaptOptions)
+    use_compiled: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "export_dir", Path(self.export_dir))

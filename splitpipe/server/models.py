@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from splitpipe.devices.runtimes import Runner, TensorSpec, create_runner
+from splitpipe.devices.runtimes.compiled import CompiledFile, compiled_file, pick_file
 from splitpipe.errors import SplitpipeError
 from splitpipe.server.datatypes import kserve_datatype
 from splitpipe.server.options import ServerOptions
@@ -110,6 +111,9 @@ class TailModel:
     outputs: list[TensorSpec]
     batchable: bool
     remote: bool = False  # the runs happen elsewhere (Ray Serve replicas): never on the event loop
+    #: the file the runner loaded (tail.onnx, or the compiled tail) and the compiled entry used
+    file: Path | None = None
+    compiled: CompiledFile | None = None
 
     def __post_init__(self) -> None:
         self.input_index = {spec.name: i for i, spec in enumerate(self.inputs)}
@@ -150,6 +154,8 @@ def load_tail(directory: str | Path, options: ServerOptions) -> TailModel:
         )
     cut = _tensors(directory, manifest, "cut")
     declared_outputs = _tensors(directory, manifest, "outputs")
+    available = compiled_file(directory, manifest, "tail")  # checked whenever the manifest lists one
+    tail_path, compiled = pick_file(tail_path, available, options.runtime, options.use_compiled)
     runner_options: dict[str, Any] = {"threads": options.threads}
     if options.runtime == "ort":
         runner_options["providers"] = list(options.providers)
@@ -187,11 +193,22 @@ def load_tail(directory: str | Path, options: ServerOptions) -> TailModel:
     except BaseException:
         runner.deactivate()
         raise
-    model = TailModel(manifest["name"], directory, manifest, runner, inputs, outputs, batchable)
+    model = TailModel(
+        manifest["name"],
+        directory,
+        manifest,
+        runner,
+        inputs,
+        outputs,
+        batchable,
+        file=tail_path,
+        compiled=compiled,
+    )
     _LOGGER.info(
-        "loaded %s from %s: inputs %s, outputs %s, %s",
+        "loaded %s from %s (%s): inputs %s, outputs %s, %s",
         model.name,
         directory,
+        f"the compiled tail {compiled.describe()}" if compiled is not None else tail_path.name,
         _describe(inputs),
         _describe(outputs),
         "batchable" if batchable else "fixed batch",

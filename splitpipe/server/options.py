@@ -58,6 +58,8 @@ class ServerOptions:
       no exporter), on the same host as gRPC.
     - ``ray``: run the tails on Ray Serve replicas (:mod:`splitpipe.server.ray_serve`); None
       runs them in this process.
+    - ``use_compiled``: load the tail that ``splitpipe compile`` wrote, when the manifest has
+      one built for ``runtime`` (False: always tail.onnx).
     """
 
     max_batch: int = 8
@@ -74,6 +76,7 @@ class ServerOptions:
     tls: ServerTls | None = None
     ray: RayOptions | None = None
     metrics_port: int | None = None
+    use_compiled: bool = True
 
     def __post_init__(self) -> None:
         positive = {

@@ -123,7 +123,8 @@ class RayCluster:
         from ray import serve
 
         o = self.options
-        tail = model.manifest["files"]["tail"]
+        # the file the front end's own session loaded: tail.onnx, or the compiled tail
+        tail = model.compiled.entry if model.compiled is not None else model.manifest["files"]["tail"]
         data = (model.directory / tail["path"]).read_bytes()
         sha = hashlib.sha256(data).hexdigest()
         if sha != str(tail["sha256"]).lower():

@@ -9,6 +9,7 @@ handler ``(args) -> int``. Modules import only the standard library at top level
 COMMANDS: list[str] = [
     "plan",
     "export",
+    "compile",
     "devices",
     "serve",
     "triton_repo",

@@ -297,7 +297,10 @@ class Agent:
         """The head file this run loads for ``e`` (a compiled head when built for the runtime)."""
         path, compiled = e.head_file(self.options.runtime, self.options.use_compiled)
         if compiled is not None:
-            _LOGGER.info("%s: running the compiled head %s", e.name, compiled.describe())
+            forced = (compiled.entry.get("error") or {}).get("within_budget") is False
+            (_LOGGER.warning if forced else _LOGGER.info)(
+                "%s: running the compiled head %s", e.name, compiled.describe()
+            )
         elif e.compiled_head is not None:
             _LOGGER.info(
                 "%s: not using the compiled head %s (%s); running %s",

@@ -193,6 +193,8 @@ def load_tail(directory: str | Path, options: ServerOptions) -> TailModel:
     except BaseException:
         runner.deactivate()
         raise
+    if compiled is not None and (compiled.entry.get("error") or {}).get("within_budget") is False:
+        _LOGGER.warning("%s: serving the compiled tail %s", manifest["name"], compiled.describe())
     model = TailModel(
         manifest["name"],
         directory,

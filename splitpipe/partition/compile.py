@@ -343,6 +343,7 @@ def _build_int8(
     source: Path, out: Path, calibration: list[Feed], activations: str, say: Progress
 ) -> dict[str, Any]:
     import onnx
+    import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -355,6 +356,8 @@ def _build_int8(
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.ERROR)
+        # and quant_pre_process's own session logs graph clean-ups as warnings
+        ort.set_default_logger_severity(3)
         try:
             # the exports carry static shapes (but a free batch): ONNX shape inference suffices
             quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)

@@ -10,6 +10,7 @@ COMMANDS: list[str] = [
     "plan",
     "export",
     "compile",
+    "bottleneck",
     "devices",
     "serve",
     "triton_repo",

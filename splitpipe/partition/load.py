@@ -178,7 +178,24 @@ def _load_weights(module: Any, weights: Path) -> None:
         raise SplitpipeError(f"{weights} does not fit the model: {_first_line(exc)}") from None
 
 
-def _export_torch(module: Any, shape: tuple[int, ...]) -> onnx.ModelProto:
+def load_torch_module(
+    spec_text: str, weights: str | os.PathLike[str] | None = None
+) -> tuple[Any, dict[str, Any] | None]:
+    """The torch module named by a torchvision or callable spec, with ``weights`` loaded, and
+    the preprocessing its inputs need (ImageNet's for torchvision, else None)."""
+    spec = parse_spec(spec_text)
+    if spec.kind == "onnx":
+        raise SplitpipeError(
+            f"{spec_text} is an ONNX file; training needs a torch model (torchvision:NAME or package.module:callable)"
+        )
+    module = _torch_module(spec)
+    if weights:
+        _load_weights(module, Path(weights))
+    return module, (dict(IMAGENET) if spec.kind == "torchvision" else None)
+
+
+def export_torch(module: Any, shape: tuple[int, ...]) -> onnx.ModelProto:
+    """``module`` exported to ONNX (dynamo, ``OPSET``) for one input of ``shape``; not cached."""
     import torch
 
     module.eval()
@@ -300,7 +317,7 @@ def load_model(
             module = _torch_module(spec)
             if weights_path:
                 _load_weights(module, weights_path)
-            raw = _export_torch(module, input_shape or DEFAULT_IMAGE_SHAPE)
+            raw = export_torch(module, input_shape or DEFAULT_IMAGE_SHAPE)
         shapes = _static_input_shapes(raw, input_shape if spec.kind == "onnx" else None)
         normalized = normalize(raw, shapes)
         preprocess = None

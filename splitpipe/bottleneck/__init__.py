@@ -120,10 +120,9 @@ def make_bottleneck(req: BottleneckRequest, out: str | Path, progress: Progress 
         f"cut at {student.at}: the teacher sends {list(student.target_shape[1:])}, the bottleneck "
         f"{list(student.bottleneck_shape[1:])}"
     )
-    history = {
-        "distillation": distill(student, train_set, req.train, progress),
-        "finetuning": finetune(student, teacher, train_set, req.train, progress),
-    }
+    history: dict[str, Any] = {"distillation": distill(student, train_set, req.train, progress)}
+    distilled_top1 = top1(predictions(student.model, held.x), held.y)  # what fine-tuning starts from
+    history["finetuning"] = finetune(student, teacher, train_set, req.train, progress)
     teacher_out = predictions(teacher, held.x)
     student_out = predictions(student.model, held.x)
     teacher_cut = predictions(student.teacher_head, held.x[:200])
@@ -191,6 +190,7 @@ def make_bottleneck(req: BottleneckRequest, out: str | Path, progress: Progress 
         # measured on the held-out images; accuracy in percent, bytes per frame
         "measured": {
             "teacher_top1": top1(teacher_out, held.y),
+            "student_top1_after_distillation": distilled_top1,
             "student_top1": top1(student_out, held.y),
             "wire_top1": top1(wire_out, held.y),
             "wire_agreement_with_teacher": agreement(wire_out, teacher_out),

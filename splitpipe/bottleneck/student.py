@@ -53,14 +53,24 @@ def _trace(teacher: Any, leaves: set[str], example: Any) -> Any:
     return gm
 
 
-def _name(node: Any) -> str:
-    return str(node.target) if node.op == "call_module" else str(node.name)
+def _names(gm: Any) -> dict[Any, str]:
+    """What users call each node: a module's path (``layer1``) where one call of it is in the
+    graph, else fx's unique node name (``layer1_0_relu_1`` for a ReLU module called twice)."""
+    calls: dict[str, int] = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            calls[n.target] = calls.get(n.target, 0) + 1
+    return {
+        n: str(n.target) if n.op == "call_module" and calls[n.target] == 1 else str(n.name)
+        for n in gm.graph.nodes
+    }
 
 
 def cut_points(gm: Any) -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) of every node of ``gm`` whose 4-D output alone carries the computation on:
     no earlier value is used after it."""
     nodes = list(gm.graph.nodes)
+    names = _names(gm)
     index = {n: i for i, n in enumerate(nodes)}
     data = [n.op not in ("get_attr", "output") for n in nodes]
     points: list[tuple[str, tuple[int, ...]]] = []
@@ -69,15 +79,15 @@ def cut_points(gm: Any) -> list[tuple[str, tuple[int, ...]]]:
         meta = n.meta.get("tensor_meta")
         shape = tuple(int(d) for d in meta.shape) if meta is not None and hasattr(meta, "shape") else ()
         if n.op not in ("placeholder", "output", "get_attr") and reach <= i and len(shape) == 4:
-            points.append((_name(n), shape))
+            points.append((names[n], shape))
         if data[i]:
             reach = max([reach, *(index[u] for u in n.users)])
     return points
 
 
 def _find(gm: Any, at: str) -> Any:
-    for n in gm.graph.nodes:
-        if n.op not in ("placeholder", "output", "get_attr") and at in (_name(n), n.name):
+    for n, name in _names(gm).items():
+        if n.op not in ("placeholder", "output", "get_attr") and at in (name, n.name):
             return n
     return None
 
@@ -149,14 +159,15 @@ def build_student(
     gm = _trace(teacher, top | ({at} if at in modules else set()), example)
     target = _find(gm, at)
     valid = dict(cut_points(gm))
-    if target is None or _name(target) not in valid:
+    name = None if target is None else _names(gm)[target]
+    if name is None or name not in valid:
         listed = ", ".join(f"{n} {list(s[1:])}" for n, s in valid.items()) or "none"
         why = "is not a module or node of the model" if target is None else "is not a valid cut"
         raise SplitpipeError(
             f"--at {at!r} {why} (a cut must be one 4-D tensor that no skip connection jumps over); "
-            f"valid cuts among the top-level modules: {listed}"
+            f"valid cuts: {listed}"
         )
-    shape = valid[_name(target)]
+    shape = valid[name]
     _, cin_model, h, w = input_shape
     _, c_t, h_t, w_t = shape
     if h_t % stride or w_t % stride:
@@ -201,4 +212,4 @@ def build_student(
         got = tuple(decoder(encoder(example)).shape)
     if got != tuple(shape):
         raise RuntimeError(f"decoder output {got} does not match the cut {tuple(shape)}")
-    return Student(student, encoder, decoder, head, _name(target), tuple(shape), z)
+    return Student(student, encoder, decoder, head, name, tuple(shape), z)

@@ -7,7 +7,6 @@ Only numpy and the standard library are needed here; the device never reads tail
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from splitpipe._files import sha256_file
 from splitpipe.devices.runtimes import TensorSpec
 from splitpipe.devices.runtimes.compiled import CompiledFile, compiled_file, pick_file
 from splitpipe.errors import SplitpipeError
@@ -26,14 +26,6 @@ MANIFEST_VERSIONS = (1,)
 
 def _fail(directory: Path, message: str) -> SplitpipeError:
     return SplitpipeError(f"export {directory}: {message}")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _specs(

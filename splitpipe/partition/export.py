@@ -8,7 +8,6 @@ splitpipe export is never overwritten.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from splitpipe._files import sha256_file
 from splitpipe.errors import SplitpipeError, choices
 from splitpipe.partition.cuts import Cut
 from splitpipe.partition.graph import Graph, random_feed
@@ -41,14 +41,6 @@ class ExportResult:
     manifest: dict[str, Any]
     max_abs: float
     max_rel: float
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def compare(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> tuple[float, float]:
@@ -424,7 +416,7 @@ def _manifest(
         path = folder / f"{part}.onnx"
         if not path.is_file():
             continue
-        files[part] = {"path": path.name, "sha256": sha256(path), "bytes": path.stat().st_size}
+        files[part] = {"path": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
     return {
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,

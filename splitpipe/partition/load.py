@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from splitpipe._env import cache_dir
+from splitpipe._files import sha256_file
 from splitpipe.errors import SplitpipeError
 
 if TYPE_CHECKING:
@@ -92,14 +93,6 @@ class LoadedModel:
     def name(self) -> str:
         base = self.spec.split(":")[-1] if not self.spec.lower().endswith(".onnx") else Path(self.spec).stem
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_.") or "model"
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -292,12 +285,12 @@ def load_model(
         source = Path(spec.target)
         if not source.is_file():
             raise SplitpipeError(f"ONNX file not found: {source}")
-        key_parts = ["onnx", _sha256_file(source), str(input_shape)]
+        key_parts = ["onnx", sha256_file(source), str(input_shape)]
     else:
         shape = input_shape or DEFAULT_IMAGE_SHAPE
         key_parts = [spec.kind, spec.target, str(shape)]
         if weights_path:
-            key_parts.append(_sha256_file(weights_path))
+            key_parts.append(sha256_file(weights_path))
         try:
             import torch
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -12,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from splitpipe._files import sha256_file
 from splitpipe.devices.runtimes import Runner, TensorSpec, create_runner
 from splitpipe.devices.runtimes.compiled import CompiledFile, compiled_file, pick_file
 from splitpipe.errors import SplitpipeError
@@ -31,14 +31,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 def _fail(directory: Path, message: str) -> SplitpipeError:
     return SplitpipeError(f"export {directory}: {message}")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _tensors(directory: Path, manifest: dict[str, Any], key: str) -> list[TensorSpec]:

@@ -9,8 +9,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from splitpipe._files import sha256_file as sha256
 from splitpipe.errors import SplitpipeError
-from splitpipe.partition.export import export_split, sha256
+from splitpipe.partition.export import export_split
 from splitpipe.partition.plan import PlanRequest, make_plan
 
 REQ = PlanRequest(

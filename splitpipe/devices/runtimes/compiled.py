@@ -9,24 +9,16 @@ it was built for; otherwise they load the plain ONNX part. Only the standard lib
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from splitpipe._files import sha256_file
 from splitpipe.errors import SplitpipeError
 
 #: compile target -> the runner (splitpipe.devices.runtimes) that loads its file
 TARGET_RUNTIMES = {"ort": "ort", "ort-int8": "ort", "tensorrt": "trt"}
 PARTS = ("head", "tail")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

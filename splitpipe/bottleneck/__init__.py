@@ -46,8 +46,9 @@ def _quiet(_: str) -> None:
 
 
 def _cut_id(analysis: Any, shape: tuple[int, ...]) -> int:
-    """The planner's cut at the encoder's output: the first one-tensor cut of that shape (the
-    encoder's own tensors are wider, so nothing before it has the bottleneck's shape)."""
+    """The planner's cut at the encoder's output: the first one-tensor cut of that shape. The
+    encoder's own tensors are wider (``--width`` > ``--channels``), and the model's input is never
+    a cut, so nothing before it matches, even where the input has the bottleneck's shape."""
     for cut in analysis.cuts:
         if len(cut.tensors) == 1 and tuple(analysis.graph.info(cut.tensors[0]).shape) == shape:
             return int(cut.id)

@@ -158,11 +158,23 @@ def build_student(
     top = {name for name, _ in teacher.named_children() if not at.startswith(name + ".")}
     gm = _trace(teacher, top | ({at} if at in modules else set()), example)
     target = _find(gm, at)
+    if target is None and at not in modules:
+        # an fx node name from inside a module (``layer1_0_relu_1``): trace through everything
+        fine = _trace(teacher, set(), example)
+        if (found := _find(fine, at)) is not None:
+            gm, target = fine, found
     valid = dict(cut_points(gm))
-    name = None if target is None else _names(gm)[target]
+    names = _names(gm)
+    name = None if target is None else names[target]
     if name is None or name not in valid:
         listed = ", ".join(f"{n} {list(s[1:])}" for n, s in valid.items()) or "none"
-        why = "is not a module or node of the model" if target is None else "is not a valid cut"
+        calls = [names[n] for n in gm.graph.nodes if n.op == "call_module" and n.target == at]
+        if len(calls) > 1:
+            why = f"is called {len(calls)} times in forward(); name one call: {', '.join(calls)}"
+        elif target is None:
+            why = "is not a module or node of the model"
+        else:
+            why = "is not a valid cut"
         raise SplitpipeError(
             f"--at {at!r} {why} (a cut must be one 4-D tensor that no skip connection jumps over); "
             f"valid cuts: {listed}"

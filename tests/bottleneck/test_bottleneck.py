@@ -77,6 +77,19 @@ def test_bad_student_requests_are_one_line(kwargs: dict, message: str) -> None: 
         assert "stem [16, 16, 16]" in str(err.value)
 
 
+def test_a_module_called_twice_is_named_by_its_calls() -> None:
+    # resnet's blocks call one ReLU module twice: the path alone does not say which call
+    from torchvision.models import resnet18
+
+    with pytest.raises(SplitpipeError, match="is called 2 times") as err:
+        build_student(resnet18(), "layer1.0.relu", (1, 3, 32, 32), channels=2, width=16)
+    message = str(err.value)
+    assert "layer1_0_relu, layer1_0_relu_1" in message and "\n" not in message
+    # the second call ends the block's residual addition: a valid cut by that name
+    s = build_student(resnet18(), "layer1_0_relu_1", (1, 3, 32, 32), channels=2, width=16)
+    assert s.at == "layer1_0_relu_1" and s.target_shape == (1, 64, 8, 8)
+
+
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """digit_net trained on scikit-learn's digits (resized to 16x16) for a few seconds."""

@@ -59,7 +59,7 @@ def register(subparsers: Any) -> None:
         metavar="K",
         help="head intra-op threads; 0 lets ONNX Runtime choose",
     )
-    parser.add_argument("--runtime", default="ort", help="runner of the head (default ort)")
+    parser.add_argument("--runtime", default="ort", help="runner of the head: ort or trt (default ort)")
     parser.add_argument("--providers", default="cpu", help="ONNX Runtime execution providers (default cpu)")
     parser.add_argument(
         "--no-compiled",

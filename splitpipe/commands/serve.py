@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
         metavar="T",
         help="how long a batch waits for more requests, microseconds (default 0: batch only what is queued)",
     )
-    parser.add_argument("--runtime", default="ort", help="runner of the tails (default ort)")
+    parser.add_argument("--runtime", default="ort", help="runner of the tails: ort or trt (default ort)")
     parser.add_argument(
         "--no-compiled",
         dest="use_compiled",

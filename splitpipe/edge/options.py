@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from splitpipe.devices.runtimes import check_onnx_runtime
 from splitpipe.edge.adapt import AdaptOptions
 from splitpipe.errors import SplitpipeError, check_output_file
 from splitpipe.tls import ClientTls
@@ -172,6 +173,7 @@ class AgentOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "export_dir", Path(self.export_dir))
         object.__setattr__(self, "more_exports", tuple(Path(p) for p in self.more_exports))
+        check_onnx_runtime(self.runtime)
         if self.report is not None:  # checked now: a report that cannot be written would lose the run
             object.__setattr__(self, "report", check_output_file(self.report, "--report", "report.json"))
         if self.server is not None:

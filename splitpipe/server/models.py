@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from splitpipe._files import sha256_file
-from splitpipe.devices.runtimes import Runner, TensorSpec, create_runner
+from splitpipe.devices.runtimes import ONNX_PLATFORMS, Runner, TensorSpec, create_runner
 from splitpipe.devices.runtimes.compiled import CompiledFile, compiled_file, pick_file
 from splitpipe.errors import SplitpipeError
 from splitpipe.server.datatypes import kserve_datatype
@@ -25,7 +25,6 @@ MANIFEST_FORMAT = "splitpipe-export"
 MANIFEST_VERSIONS = (1,)
 #: the only version of each model; requests may name it or leave the version empty
 MODEL_VERSION = "1"
-PLATFORM = "onnxruntime_onnx"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -106,6 +105,7 @@ class TailModel:
     #: the file the runner loaded (tail.onnx, or the compiled tail) and the compiled entry used
     file: Path | None = None
     compiled: CompiledFile | None = None
+    platform: str = ONNX_PLATFORMS["ort"]  # ModelMetadata's platform, Triton's name for the runtime
 
     def __post_init__(self) -> None:
         self.input_index = {spec.name: i for i, spec in enumerate(self.inputs)}
@@ -197,6 +197,7 @@ def load_tail(directory: str | Path, options: ServerOptions) -> TailModel:
         batchable,
         file=tail_path,
         compiled=compiled,
+        platform=ONNX_PLATFORMS[options.runtime],
     )
     _LOGGER.info(
         "loaded %s from %s (%s): inputs %s, outputs %s, %s",

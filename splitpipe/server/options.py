@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from splitpipe.devices.runtimes import check_onnx_runtime
 from splitpipe.errors import SplitpipeError
 from splitpipe.tls import ServerTls
 
@@ -101,3 +102,9 @@ class ServerOptions:
             raise SplitpipeError("grace and log interval must be >= 0 seconds")
         if not self.providers:
             raise SplitpipeError("at least one execution provider is needed, e.g. cpu")
+        check_onnx_runtime(self.runtime)
+        if self.ray is not None and self.runtime != "ort":
+            raise SplitpipeError(
+                f"--ray runs the tails on Ray Serve replicas with ONNX Runtime; --runtime {self.runtime} "
+                "is for tails served in this process (leave out --ray or --runtime)"
+            )

@@ -16,7 +16,7 @@ from splitpipe import __version__
 from splitpipe.proto.inference import grpc_service_pb2 as pb
 from splitpipe.server.batcher import Batcher, Outcome
 from splitpipe.server.metrics import Metrics
-from splitpipe.server.models import MODEL_VERSION, PLATFORM, TailModel
+from splitpipe.server.models import MODEL_VERSION, TailModel
 from splitpipe.server.options import ServerOptions
 from splitpipe.server.request import (
     Checked,
@@ -91,7 +91,9 @@ class InferenceServicer:
         except InferError as exc:
             await context.abort(exc.code, exc.message)
             raise  # abort raises; this keeps type checkers informed
-        response = pb.ModelMetadataResponse(name=model.name, versions=[MODEL_VERSION], platform=PLATFORM)
+        response = pb.ModelMetadataResponse(
+            name=model.name, versions=[MODEL_VERSION], platform=model.platform
+        )
         for specs, datatypes, field in (
             (model.inputs, model.input_datatypes, response.inputs),
             (model.outputs, model.output_datatypes, response.outputs),

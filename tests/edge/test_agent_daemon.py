@@ -223,6 +223,9 @@ def test_bad_input_gives_one_line_and_exit_2(
             "agent", str(exports.raw), "--server", f"127.0.0.1:{free_port()}", "--connect-timeout", "0.5",
         ],
         "--frames must be at least 1": ["agent", str(exports.local), "--frames", "0"],
+        "--runtime 'torch' cannot run an export's ONNX files; accepted: ort, trt": [
+            "agent", str(exports.local), "--runtime", "torch",
+        ],
         # checked before the run: a report that cannot be written at the end would lose it
         f"--report {tmp_path / 'none' / 'r.json'}: folder {tmp_path / 'none'} does not exist": [
             "agent", str(exports.local), "--report", str(tmp_path / "none" / "r.json"),

@@ -117,6 +117,22 @@ def test_bad_export_dir_is_one_line_and_exit_2(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--runtime", "torch"], "--runtime 'torch' cannot run an export's ONNX files; accepted: ort, trt"),
+        (["--runtime", "trt", "--ray"], "--ray runs the tails on Ray Serve replicas with ONNX Runtime"),
+    ],
+)
+def test_runtimes_that_cannot_serve_are_one_line(export: Path, flags: list[str], message: str) -> None:
+    probe = subprocess.run(
+        [*SERVE, str(export), "--port", "0", *flags], capture_output=True, text=True, timeout=120
+    )
+    assert probe.returncode == 2
+    lines = probe.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], probe.stderr
+
+
 def test_changed_tail_is_refused(export: Path) -> None:
     with (export / "tail.onnx").open("ab") as f:
         f.write(b"\0")

@@ -40,7 +40,7 @@ def test_health_and_server_metadata(client: Any) -> None:
 
 def test_model_metadata_lists_cut_tensors_and_outputs(client: Any) -> None:
     meta = client.get_model_metadata("two-inputs", as_json=True)
-    assert meta["versions"] == ["1"]
+    assert meta["versions"] == ["1"] and meta["platform"] == "onnxruntime_onnx"
     assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == [
         ("a", "FP32", ["-1", "4"]),
         ("b", "FP16", ["-1", "2"]),

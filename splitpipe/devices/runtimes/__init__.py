@@ -11,9 +11,17 @@ import importlib
 from typing import Any
 
 from splitpipe.devices.runtimes.base import Runner, TensorSpec
-from splitpipe.errors import UnavailableError, choices
+from splitpipe.errors import SplitpipeError, UnavailableError, choices
 
-__all__ = ["Runner", "TensorSpec", "available_runners", "create_runner", "runner_names"]
+__all__ = [
+    "ONNX_PLATFORMS",
+    "Runner",
+    "TensorSpec",
+    "available_runners",
+    "check_onnx_runtime",
+    "create_runner",
+    "runner_names",
+]
 
 # name -> (module, class, the package whose import decides availability)
 _BACKENDS: dict[str, tuple[str, str, str]] = {
@@ -21,6 +29,18 @@ _BACKENDS: dict[str, tuple[str, str, str]] = {
     "trt": ("splitpipe.devices.runtimes.trt", "TrtRunner", "tensorrt"),
     "torch": ("splitpipe.devices.runtimes.torch", "TorchRunner", "torch"),
 }
+
+#: the runners of an export's ONNX files (heads and tails), with the platform Triton names each
+ONNX_PLATFORMS = {"ort": "onnxruntime_onnx", "trt": "tensorrt_plan"}
+
+
+def check_onnx_runtime(name: str) -> str:
+    """``name`` if it can run an export's head and tail (the torch runner takes modules)."""
+    if name not in ONNX_PLATFORMS:
+        raise SplitpipeError(
+            f"--runtime {name!r} cannot run an export's ONNX files; accepted: {', '.join(ONNX_PLATFORMS)}"
+        )
+    return name
 
 
 def runner_names() -> list[str]:

@@ -44,6 +44,12 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="run the tails through ONNX Runtime's TensorRT execution provider on GPUs",
     )
+    parser.add_argument(
+        "--no-compiled",
+        dest="use_compiled",
+        action="store_false",
+        help="write tail.onnx even where `splitpipe compile` built a tail for ONNX Runtime",
+    )
     parser.set_defaults(func=run)
 
 
@@ -56,9 +62,10 @@ def run(args: argparse.Namespace) -> int:
         instances=args.instances,
         kind=args.kind,
         tensorrt=args.tensorrt,
+        use_compiled=args.use_compiled,
     )
     for entry in write_repository(args.export_dirs, args.repo, options):
         batching = f"batches up to {args.max_batch}" if entry.batched else "no batching (fixed batch)"
-        print(f"wrote {entry.path}: inputs {', '.join(entry.inputs)}; {batching}")
+        print(f"wrote {entry.path} from {entry.source}: inputs {', '.join(entry.inputs)}; {batching}")
     print(f"start Triton with: tritonserver --model-repository {args.repo}")
     return 0

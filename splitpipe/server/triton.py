@@ -7,7 +7,8 @@ DequantizeLinear undo it. The agent sends such tensors as plain ``raw_input_cont
 codec parameters, which is what Triton reads. Each entry is::
 
     REPO/NAME/config.pbtxt     platform onnxruntime_onnx, inputs and outputs, batching, instances
-    REPO/NAME/1/model.onnx     the export's tail.onnx (sha256 checked)
+    REPO/NAME/1/model.onnx     the export's tail.onnx, or the tail that ``splitpipe compile``
+                               built for ONNX Runtime (sha256 checked; ``use_compiled``)
     REPO/NAME/splitpipe.json   where it came from (export directory, split, sha256)
 
 Entries are written beside their final place and moved there whole; an existing folder is
@@ -39,13 +40,18 @@ class TritonOptions:
     - ``queue_delay_us``: ``dynamic_batching.max_queue_delay_microseconds``.
     - ``instances``, ``kind``: one ``instance_group`` (``auto``, ``cpu`` or ``gpu``).
     - ``tensorrt``: run the tail through ONNX Runtime's TensorRT execution provider on GPUs
-      (``optimization.execution_accelerators``)."""
+      (``optimization.execution_accelerators``).
+    - ``use_compiled``: write the tail ``splitpipe compile`` built for ONNX Runtime (``ort``,
+      ``ort-int8``) where the export has one, as ``splitpipe serve`` would run it; False: always
+      tail.onnx. A tail optimized at the ``extended`` level runs only on ONNX Runtime's CPU
+      provider, so it needs ``kind`` cpu."""
 
     max_batch: int = 8
     queue_delay_us: int = 0
     instances: int = 1
     kind: str = "auto"
     tensorrt: bool = False
+    use_compiled: bool = True
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.instances < 1:
@@ -156,6 +162,7 @@ class TritonEntry:
     model: str
     batched: bool
     inputs: list[str]  # "name TYPE[dims]" as Triton sees them
+    source: str  # the file written as model.onnx: "tail.onnx" or the compiled tail's description
 
 
 def write_repository(
@@ -170,10 +177,11 @@ def write_repository(
     repo = Path(repo)
     if repo.exists() and not repo.is_dir():
         raise SplitpipeError(f"{repo} exists and is not a directory; --repo needs a model repository folder")
-    models = load_tails(list(exports), ServerOptions())
+    models = load_tails(list(exports), ServerOptions(use_compiled=options.use_compiled))
     try:
         for model in models.values():
             _check_plain(model)
+            _check_compiled(model, options)
             target = repo / model.name
             if target.exists() and not (target / MARKER).is_file():
                 raise SplitpipeError(
@@ -186,8 +194,21 @@ def write_repository(
             model.close()
 
 
+def _check_compiled(model: TailModel, options: TritonOptions) -> None:
+    compiled = model.compiled
+    level = ((compiled.entry.get("build") or {}).get("level")) if compiled is not None else None
+    if compiled is not None and level == "extended" and options.kind != "cpu":
+        raise SplitpipeError(
+            f"export {model.directory}: its compiled tail {compiled.describe()} was optimized at the "
+            "extended level, which only ONNX Runtime's CPU provider runs; use --kind cpu, or "
+            "--no-compiled for tail.onnx"
+        )
+
+
 def _write_entry(model: TailModel, repo: Path, options: TritonOptions) -> TritonEntry:
-    tail = model.manifest["files"]["tail"]
+    # the file the check loaded: tail.onnx, or the compiled tail (both sha256 checked by then)
+    compiled = model.compiled
+    tail = compiled.entry if compiled is not None else model.manifest["files"]["tail"]
     source = (model.directory / tail["path"]).resolve()
     target = repo / model.name
     tmp = repo / f".{model.name}.tmp"
@@ -206,6 +227,7 @@ def _write_entry(model: TailModel, repo: Path, options: TritonOptions) -> Triton
             "split": model.manifest.get("split"),
             "codec": model.manifest.get("codec"),
             "files": {"model": {"path": "1/model.onnx", "sha256": digest}},
+            "compiled": compiled.summary() if compiled is not None else None,
         }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         if target.exists():
@@ -218,4 +240,5 @@ def _write_entry(model: TailModel, repo: Path, options: TritonOptions) -> Triton
         f"{s.name} TYPE_{kserve_datatype(s.dtype)}[{', '.join(map(str, _dims(s, batched)))}]"
         for s in model.inputs
     ]
-    return TritonEntry(target, model.name, batched, inputs)
+    described = compiled.describe() if compiled is not None else source.name
+    return TritonEntry(target, model.name, batched, inputs, described)

@@ -234,3 +234,36 @@ def test_a_local_export_has_no_tail(tmp_path: Path) -> None:
     (export / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(SplitpipeError, match=r"a local export .* has no tail to serve"):
         write_repository([export], tmp_path / "repo")
+
+
+def test_compiled_tail_is_written_where_the_export_has_one(tmp_path: Path) -> None:
+    """What ``splitpipe serve`` would run: the tail ``splitpipe compile`` built for ONNX Runtime
+    (sha256 checked, named in the marker), unless --no-compiled; an extended-level build only
+    for CPU instances."""
+    from splitpipe.partition.compile import CompileOptions, compile_export
+    from splitpipe.partition.export import export_split
+    from splitpipe.partition.plan import PlanRequest
+
+    req = PlanRequest(
+        model="tests.fixtures.models:tiny_net", input_shape=(1, 3, 32, 32), profile_mode="analytic"
+    )
+    out = export_split(req, 3, tmp_path / "raw", codec="raw").out
+    fast = {"rounds": 1, "frames": 4, "eval_frames": 4}
+    entry = compile_export(out, CompileOptions(part="tail", target="ort", **fast)).entry
+
+    (written,) = write_repository([out], tmp_path / "repo")
+    assert sha256_file(written.path / "1" / "model.onnx") == entry["sha256"] != sha256_file(out / "tail.onnx")
+    marker = json.loads((written.path / "splitpipe.json").read_text())
+    assert marker["compiled"]["target"] == "ort" and marker["files"]["model"]["sha256"] == entry["sha256"]
+    assert written.source.startswith(entry["path"])
+
+    (plain,) = write_repository([out], tmp_path / "repo", TritonOptions(use_compiled=False))
+    assert sha256_file(plain.path / "1" / "model.onnx") == sha256_file(out / "tail.onnx")
+    assert json.loads((plain.path / "splitpipe.json").read_text())["compiled"] is None
+
+    compile_export(out, CompileOptions(part="tail", target="ort", level="extended", **fast))
+    with pytest.raises(SplitpipeError, match="extended level.*--kind cpu, or --no-compiled"):
+        write_repository([out], tmp_path / "repo2")
+    assert not (tmp_path / "repo2").exists()
+    (cpu,) = write_repository([out], tmp_path / "repo2", TritonOptions(kind="cpu"))
+    assert _config(cpu.path).instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU

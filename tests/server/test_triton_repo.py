@@ -262,7 +262,7 @@ def test_compiled_tail_is_written_where_the_export_has_one(tmp_path: Path) -> No
     assert json.loads((plain.path / "splitpipe.json").read_text())["compiled"] is None
 
     compile_export(out, CompileOptions(part="tail", target="ort", level="extended", **fast))
-    with pytest.raises(SplitpipeError, match="extended level.*--kind cpu, or --no-compiled"):
+    with pytest.raises(SplitpipeError, match=r"extended level.*--kind cpu, or --no-compiled"):
         write_repository([out], tmp_path / "repo2")
     assert not (tmp_path / "repo2").exists()
     (cpu,) = write_repository([out], tmp_path / "repo2", TritonOptions(kind="cpu"))

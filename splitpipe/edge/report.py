@@ -59,11 +59,13 @@ class FrameRecord:
         return self.rtt_ms - total / 1e3
 
     def server_ms(self) -> float | None:
-        """The server's work per frame: decode plus this frame's share of the (batched) tail run."""
+        """The server's work per frame: decode plus this frame's share of the (batched) tail run,
+        which ``tail_instances`` runs (threads, or Ray Serve replicas) share."""
         if "tail_us" not in self.server:
             return None
         batch = max(self.server.get("batch_size", 1), 1)
-        return (self.server.get("decode_us", 0) + self.server["tail_us"] / batch) / 1e3
+        instances = max(self.server.get("tail_instances", 1), 1)
+        return (self.server.get("decode_us", 0) + self.server["tail_us"] / batch / instances) / 1e3
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -40,7 +40,7 @@ DATATYPES: dict[str, np.dtype[Any]] = {
 }
 _KSERVE = {dtype: name for name, dtype in DATATYPES.items()}
 #: response parameters the server sets with its own stage durations (docs/server.md)
-STAGE_PARAMS = ("queue_us", "decode_us", "tail_us", "batch_size", "total_us")
+STAGE_PARAMS = ("queue_us", "decode_us", "tail_us", "batch_size", "tail_instances", "total_us")
 _FIELDS = pb.ModelInferRequest.DESCRIPTOR.fields_by_name
 _RAW_INPUT_TAG = bytes([(_FIELDS["raw_input_contents"].number << 3) | 2])
 _ID_TAG = bytes([(_FIELDS["id"].number << 3) | 2])

@@ -239,6 +239,7 @@ class Batcher:
                 queue_us=int((start - item.enqueued) * 1e6),
                 tail_us=tail_us,
                 batch_size=rows,
+                instances=self.instances,
             )
             offset += item.rows
 

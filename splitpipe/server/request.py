@@ -27,7 +27,7 @@ from splitpipe.server.datatypes import CONTENTS_FIELD, numpy_dtype
 from splitpipe.server.models import MODEL_VERSION, TailModel
 
 #: response parameters the server sets (integers; durations in microseconds)
-STAGE_PARAMS = ("queue_us", "decode_us", "tail_us", "batch_size", "total_us")
+STAGE_PARAMS = ("queue_us", "decode_us", "tail_us", "batch_size", "tail_instances", "total_us")
 
 # Parameters of Triton's shared-memory extension, which this server does not offer.
 _SHM_PARAMS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
@@ -288,6 +288,7 @@ def build_response(
     queue_us: int,
     tail_us: int,
     batch_size: int,
+    instances: int = 1,
 ) -> pb.ModelStreamInferResponse:
     """The response for rows ``start:stop`` of a batch's outputs, wrapped for a stream; a unary
     call returns its ``infer_response`` (built once, in place: wrapping later would copy the
@@ -312,6 +313,7 @@ def build_response(
     params["decode_us"].int64_param = item.decode_us
     params["tail_us"].int64_param = tail_us
     params["batch_size"].int64_param = batch_size
+    params["tail_instances"].int64_param = instances
     return wrapper
 
 

@@ -208,3 +208,23 @@ def test_sequential_captures_each_frame_after_the_previous_result(
     # without it, window 1 still prepares the next frame while one is in flight
     spans = run(sequential=False)
     assert any(nxt[0] < prev[1] for prev, nxt in itertools.pairwise(spans))
+
+
+def test_parallel_tail_instances_share_the_server_stage(exports: Exports) -> None:
+    """With two tail instances the server's capacity counts both: each frame's share of the
+    tail is divided by the ``tail_instances`` its reply reports."""
+    from splitpipe.server import ServerOptions
+
+    with ServerThread([exports.offload], ServerOptions(instances=2, max_batch=1)) as running:
+        report = run_agent(
+            AgentOptions(exports.offload, server=f"127.0.0.1:{running.port}", frames=60, log_interval_s=0)
+        )
+    s = report.summary
+    assert s["completed"] == 60 and s["lost"] == 0
+    remote = [r for r in report.frames if r.path == "remote"]
+    assert {r.server["tail_instances"] for r in remote} == {2}
+    for r in remote:
+        want = (r.server["decode_us"] + r.server["tail_us"] / r.server["batch_size"] / 2) / 1e3
+        assert r.server_ms() == pytest.approx(want)
+    server_ms = float(np.mean([r.server_ms() for r in remote]))
+    assert s["bound"]["stage_ms"]["server"] == pytest.approx(server_ms, abs=1e-4)

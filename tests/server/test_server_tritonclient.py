@@ -73,7 +73,7 @@ def test_infer_raw_fp32_matches_onnxruntime(client: Any, exports: dict[str, Path
     assert response.model_name == "relu-mean"
     params = {k: v.int64_param for k, v in response.parameters.items()}
     assert set(STAGE_PARAMS) <= set(params)
-    assert params["batch_size"] == 3
+    assert params["batch_size"] == 3 and params["tail_instances"] == 1
     assert all(params[k] >= 0 for k in STAGE_PARAMS)
     assert params["total_us"] >= params["tail_us"]
 

@@ -124,6 +124,9 @@ def main() -> int:
     parser.add_argument("--device-cpu", type=float, default=0.25, help="share of one core for the device")
     parser.add_argument("--fps", type=float, default=8.0, help="capture rate of every run")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--plots", type=Path, metavar="DIR", help="draw each run's report (splitpipe report --plot) here"
+    )
     args = parser.parse_args()
     from splitpipe.testbed import Testbed, TestbedOptions, require_root
 
@@ -161,6 +164,14 @@ def main() -> int:
                     print(f"{name}: phases {args.phases} Mbit/s:s ...", flush=True)
                     run = run_agent(tb, config, phases, args.fps, Path(tmp) / f"{name}.json")
                     figures = phase_figures(run, phases)
+                    if args.plots is not None:
+                        from splitpipe.edge.plot import plot_report
+
+                        args.plots.mkdir(parents=True, exist_ok=True)
+                        rates = [f"{r:g} Mbit/s" for r, _ in phases]
+                        png = args.plots / f"adapt-{name.replace(' ', '-')}.png"
+                        plot_report(run["report"], png, list(zip(run["changes"], rates, strict=False)))
+                        print(f"  plot written to {png}", flush=True)
                     entry: dict[str, Any] = {"phases": figures}
                     adapt = run["report"].get("adapt")
                     if adapt:

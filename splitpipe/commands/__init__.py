@@ -17,6 +17,7 @@ COMMANDS: list[str] = [
     "profile",
     "testbed",
     "agent",
+    "report",
     "demo",
     "bench",
 ]

@@ -53,6 +53,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--report", type=Path, metavar="FILE", help="write the agent report (JSON) here")
     parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="draw the run (latency per frame, stages, throughput; needs matplotlib) to this file",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -136,6 +142,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads < 0:
         raise SplitpipeError(f"--threads must be >= 0 (0 lets the runtime choose), got {args.threads}")
+    if args.plot is not None:  # checked now: a plot that cannot be drawn at the end would be lost
+        from splitpipe.commands.report import check_plot
+
+        check_plot(args.plot)
     tls = None
     if args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name:
         tls = ClientTls(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
@@ -174,4 +184,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"head: the compiled {head['file']} ({c['target']}, {c['precision']})")
     if args.report:
         print(f"report written to {args.report}")
+    if args.plot is not None:
+        from splitpipe.edge.plot import plot_report
+
+        print(f"plot written to {plot_report(report.to_json(), args.plot)}")
     return 0

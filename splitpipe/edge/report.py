@@ -18,10 +18,41 @@ from typing import Any
 
 import numpy as np
 
+from splitpipe.errors import SplitpipeError
+
 _LOGGER = logging.getLogger(__name__)
 
 REPORT_FORMAT = "splitpipe-agent-report"
 REPORT_VERSION = 1
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """A report the agent wrote (``--report``), checked enough to summarise and plot it."""
+    path = Path(path)
+    if not path.is_file():
+        raise SplitpipeError(f"report file not found: {path}" + (" (a directory)" if path.is_dir() else ""))
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SplitpipeError(
+            f"{path} is not JSON ({exc}); give a report written by splitpipe agent --report"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != REPORT_FORMAT:
+        raise SplitpipeError(
+            f"{path} is not a splitpipe agent report (format {REPORT_FORMAT!r}); see docs/agent.md"
+        )
+    if data.get("version") != REPORT_VERSION:
+        raise SplitpipeError(
+            f"{path}: report version {data.get('version')!r} is not supported (this splitpipe reads {REPORT_VERSION})"
+        )
+    frames, summary = data.get("frames"), data.get("summary")
+    if (
+        not isinstance(frames, list)
+        or not isinstance(summary, dict)
+        or not all(isinstance(f, dict) and isinstance(f.get("captured_s"), (int, float)) for f in frames)
+    ):
+        raise SplitpipeError(f"{path}: a report needs 'frames' (each with captured_s) and 'summary'")
+    return data
 
 
 @dataclass(slots=True)
@@ -320,57 +351,60 @@ class Report:
 
     def lines(self) -> list[str]:
         """A short human summary (the CLI prints it)."""
-        s = self.summary
-        lat = s["latency"]
-        out = [
-            f"{s['completed']} frames in {s['duration_s']:.1f} s: {s['fps']:.1f} fps (measured); "
-            f"{s['failed']} failed, {s['lost']} lost, {s['resent']} resent after {s['reconnects']} reconnect(s)"
+        return summary_lines(self.summary, self.info)
+
+
+def summary_lines(s: dict[str, Any], info: dict[str, Any]) -> list[str]:
+    """A short human summary of a report's ``summary`` and its run ``info`` (what the agent
+    prints at the end, and ``splitpipe report`` for a report file)."""
+    lat = s["latency"]
+    out = [
+        f"{s['completed']} frames in {s['duration_s']:.1f} s: {s['fps']:.1f} fps (measured); "
+        f"{s['failed']} failed, {s['lost']} lost, {s['resent']} resent after {s['reconnects']} reconnect(s)"
+    ]
+
+    def p(key: str) -> str:
+        v = lat.get(key)
+        return "-" if v is None else f"p50 {v['p50']:.2f} p90 {v['p90']:.2f}"
+
+    remote = info.get("path") in ("remote", "adaptive")
+    parts = [f"e2e {p('e2e_ms')}", f"head {p('head_ms')}"]
+    if "encode_ms" in lat and remote:
+        parts += [
+            f"encode {p('encode_ms')}",
+            f"rtt {p('rtt_ms')}",
+            f"server total {p('server_total_ms')}",
         ]
-
-        def p(key: str) -> str:
-            v = lat.get(key)
-            return "-" if v is None else f"p50 {v['p50']:.2f} p90 {v['p90']:.2f}"
-
-        remote = self.info.get("path") in ("remote", "adaptive")
-        parts = [f"e2e {p('e2e_ms')}", f"head {p('head_ms')}"]
-        if "encode_ms" in lat and remote:
-            parts += [
-                f"encode {p('encode_ms')}",
-                f"rtt {p('rtt_ms')}",
-                f"server total {p('server_total_ms')}",
-            ]
-        out.append("latency ms: " + ", ".join(parts))
-        if remote:
-            out.append(
-                f"bytes per frame: {s['bytes_per_frame']:,.0f} (payload {s['payload_bytes_per_frame']:,.0f})"
-            )
-        if s["bound"]:
-            b = s["bound"]
-            limit = self.info.get("fps_limit")
-            out.append(
-                f"slowest stage: {b['stage']} ({b['fps']:.1f} fps); achieved {s['achieved_fraction']:.2f} of it"
-                + (f" (capture limited to {limit:g} fps by --fps)" if limit else "")
-            )
-        adapt = self.info.get("adapt")
-        if adapt:
-            used = ", ".join(
-                f"{o['name']} {o['frames']} ({o['probes']} probes)" for o in adapt["options"] if o["frames"]
-            )
-            link = adapt["link"]
-            speed = (
-                "too fast to measure"
-                if link["bandwidth_mbit"] is None
-                else f"{link['bandwidth_mbit']:g} Mbit/s"
-            )
-            out.append(
-                f"splits: {used}; {adapt['switch_count']} switch(es), ending on {adapt['current']}; "
-                f"link {speed}, rtt {link['rtt_ms']:.2f} ms ({link['source']})"
-            )
-        e = s["energy"]
-        if e.get("joules") is not None:
-            per = s["energy_mj_per_frame"]
-            out.append(
-                f"device energy: {e['joules']:.3f} J ({e['energy_source']}, {e['source']})"
-                + (f", {per:.2f} mJ per frame" if per is not None else "")
-            )
-        return out
+    out.append("latency ms: " + ", ".join(parts))
+    if remote:
+        out.append(
+            f"bytes per frame: {s['bytes_per_frame']:,.0f} (payload {s['payload_bytes_per_frame']:,.0f})"
+        )
+    if s["bound"]:
+        b = s["bound"]
+        limit = info.get("fps_limit")
+        out.append(
+            f"slowest stage: {b['stage']} ({b['fps']:.1f} fps); achieved {s['achieved_fraction']:.2f} of it"
+            + (f" (capture limited to {limit:g} fps by --fps)" if limit else "")
+        )
+    adapt = info.get("adapt")
+    if adapt:
+        used = ", ".join(
+            f"{o['name']} {o['frames']} ({o['probes']} probes)" for o in adapt["options"] if o["frames"]
+        )
+        link = adapt["link"]
+        speed = (
+            "too fast to measure" if link["bandwidth_mbit"] is None else f"{link['bandwidth_mbit']:g} Mbit/s"
+        )
+        out.append(
+            f"splits: {used}; {adapt['switch_count']} switch(es), ending on {adapt['current']}; "
+            f"link {speed}, rtt {link['rtt_ms']:.2f} ms ({link['source']})"
+        )
+    e = s["energy"]
+    if e.get("joules") is not None:
+        per = s["energy_mj_per_frame"]
+        out.append(
+            f"device energy: {e['joules']:.3f} J ({e['energy_source']}, {e['source']})"
+            + (f", {per:.2f} mJ per frame" if per is not None else "")
+        )
+    return out

@@ -288,6 +288,27 @@ def test_frames_run_locally_while_the_server_is_down(tmp_path: Path) -> None:
     assert last.count("max-remote") >= 80  # back to the server once it is up
     for split, x, y in results.values():
         np.testing.assert_array_equal(y, x.max(axis=1, keepdims=True), err_msg=split)
+    _check_plot(report.to_json(), tmp_path)  # type: ignore[attr-defined]
+
+
+def _check_plot(data: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    """The report's picture: one colour per split with its frame count, a line per switch."""
+    from collections import Counter
+
+    import matplotlib.pyplot as plt
+
+    from splitpipe.edge.plot import draw_report, plot_report
+
+    fig = draw_report(data)
+    latency = fig.axes[0]
+    drawn = {c.get_label(): len(c.get_offsets()) for c in latency.collections}
+    used = Counter(f["split"] for f in data["frames"] if f["e2e_ms"] is not None)
+    assert drawn == {f"{name} ({n} frames)": n for name, n in used.items()}
+    switches = [line for line in latency.lines if line.get_linestyle() == ":"]
+    assert len(switches) == len(data["adapt"]["switches"])
+    plt.close(fig)
+    png = plot_report(data, tmp_path / "run.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_frames_run_locally_until_the_server_comes_up(tmp_path: Path) -> None:

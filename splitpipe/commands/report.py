@@ -1,0 +1,59 @@
+"""``splitpipe report REPORT.json [--plot PNG]``: summarise and draw a report the agent wrote."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="summarise an agent report (splitpipe agent --report) and draw it",
+        description=(
+            "Print the summary of a report that `splitpipe agent --report` wrote (on this machine or "
+            "copied from a device), and with --plot draw it: latency per frame by split, where each "
+            "frame's time went, and throughput. See docs/agent.md."
+        ),
+    )
+    parser.add_argument("report", type=Path, metavar="REPORT", help="the report JSON")
+    parser.add_argument(
+        "--plot", type=Path, metavar="PNG", help="draw the run to this file (.png, .svg or .pdf)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the report's summary as JSON")
+    parser.set_defaults(func=run)
+
+
+def check_plot(path: Path) -> Path:
+    """A plot file that can be written, and matplotlib to write it: one-line errors otherwise."""
+    from splitpipe.errors import SplitpipeError, check_output_file
+
+    out = check_output_file(path, "--plot", "run.png")
+    if out.suffix.lower() not in PLOT_SUFFIXES:
+        raise SplitpipeError(f"--plot {out}: give a file ending in {', '.join(PLOT_SUFFIXES)}")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise SplitpipeError("--plot needs matplotlib: pip install 'splitpipe[plot]' (or matplotlib)")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from splitpipe.edge.report import load_report, summary_lines
+
+    if args.plot is not None:
+        check_plot(args.plot)
+    data = load_report(args.report)
+    if args.json:
+        print(json.dumps(data["summary"], indent=2))
+    else:
+        for line in summary_lines(data["summary"], data):
+            print(line)
+    if args.plot is not None:
+        from splitpipe.edge.plot import plot_report
+
+        print(f"plot written to {plot_report(data, args.plot)}")
+    return 0

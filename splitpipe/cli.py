@@ -44,11 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    named = getattr(logging, log_level(), None)
+    level = logging.DEBUG if args.verbose else named if isinstance(named, int) else logging.INFO
+    # splitpipe's own messages at ``level``; other libraries' (onnxscript's exporter, Ray) only
+    # from warnings up, unless --verbose
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else log_level(),
+        level=level if args.verbose else max(level, logging.WARNING),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("splitpipe").setLevel(level)
     try:
         code = args.func(args)
     except SplitpipeError as exc:

@@ -92,6 +92,13 @@ def add_cost_arguments(p: argparse.ArgumentParser) -> None:
         help="the same for local, where nothing is sent (default 0)",
     )
     p.add_argument(
+        "--window",
+        type=int,
+        default=4,
+        metavar="N",
+        help="frames in flight of the pipelined agent (its --window; default 4), for the predicted frames/s",
+    )
+    p.add_argument(
         "--threads", type=int, default=1, help="ONNX Runtime intra-op threads when measuring (default 1)"
     )
     p.add_argument(
@@ -146,6 +153,7 @@ def request_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         overhead_ms=args.overhead_ms,
         local_overhead_ms=args.local_overhead_ms,
         objectives=objectives,
+        window=args.window,
         max_cut_tensors=args.max_cut_tensors,
         threads=args.threads,
         profile_mode=args.profile_mode,
@@ -169,7 +177,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--objectives",
         default="latency,bytes,energy",
-        help="comma-separated, from latency, energy, bytes, memory (default latency,bytes,energy)",
+        help="comma-separated, from latency, energy, bytes, memory, throughput (pipelined frames/s) "
+        "(default latency,bytes,energy)",
     )
     p.add_argument("--json", metavar="FILE", help="write the plan as JSON (docs/plan-json.md)")
     p.add_argument(

@@ -2,6 +2,13 @@
 
     e2e = head + encode + uplink transfer + round trip + decode + tail + downlink transfer
 
+Pipelined, with ``window`` frames in flight (the agent's ``--window``), frames follow each
+other as fast as the slowest stage lets them, the device (head + encode), the uplink, the
+server (decode + tail) or the downlink, each serving one frame at a time, and no faster than
+``window`` frames per end-to-end latency (Little's law):
+
+    fps = min(1000 / slowest stage, window * 1000 / e2e)
+
 Transfer time is bytes / bandwidth (serialisation on the link); the round-trip time covers
 propagation both ways once per frame. Device energy covers the whole frame: the device computes
 (head, encode) at its loaded power, transmits at idle plus radio power, and waits at idle power
@@ -11,6 +18,7 @@ with where those figures come from.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from splitpipe.devices.profile import DeviceProfile
@@ -61,6 +69,21 @@ def end_to_end(stages: Stages, link: Link | None) -> dict[str, float]:
         tx, rtt, reply = link.tx_ms(stages.tx_bytes), link.rtt_ms, link.tx_ms(stages.reply_bytes)
     e2e = stages.head_ms + stages.encode_ms + tx + rtt + stages.decode_ms + stages.tail_ms + reply
     return {"tx_ms": tx, "rtt_ms": rtt, "reply_ms": reply, "e2e_ms": e2e}
+
+
+def pipelined(stages: Stages, times: dict[str, float], window: int) -> dict[str, float]:
+    """The slowest stage of a pipelined agent (ms per frame) and the frames per second it allows."""
+    stage = max(
+        stages.head_ms + stages.encode_ms,
+        times["tx_ms"],
+        stages.decode_ms + stages.tail_ms,
+        times["reply_ms"],
+    )
+    fps = min(
+        1e3 / stage if stage > 0 else math.inf,
+        window * 1e3 / times["e2e_ms"] if times["e2e_ms"] > 0 else math.inf,
+    )
+    return {"stage_ms": stage, "fps": fps}
 
 
 def device_energy_mj(stages: Stages, times: dict[str, float], device: DeviceProfile) -> float:

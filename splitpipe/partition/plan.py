@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -18,7 +19,14 @@ import numpy as np
 from splitpipe.devices.profile import DeviceProfile, load_profile
 from splitpipe.errors import SplitpipeError, choices
 from splitpipe.partition.codecs import CutCodec, check_codec_name, check_max_error, codec_for_cut
-from splitpipe.partition.cost import Stages, device_energy_mj, end_to_end, energy_source, parse_link
+from splitpipe.partition.cost import (
+    Stages,
+    device_energy_mj,
+    end_to_end,
+    energy_source,
+    parse_link,
+    pipelined,
+)
 from splitpipe.partition.cuts import Cut, find_cuts
 from splitpipe.partition.flops import peak_activation_bytes, total_flops, weight_bytes
 from splitpipe.partition.graph import Graph, random_feed
@@ -36,6 +44,7 @@ OBJECTIVES = {
     "energy": "device_energy_mj",
     "bytes": "tx_bytes",
     "memory": "head_mem_bytes",
+    "throughput": "frame_interval_ms",
 }
 DEFAULT_OBJECTIVES = ("latency", "bytes", "energy")
 PROFILE_MODES = ("segments", "direct", "analytic")
@@ -73,6 +82,8 @@ class PlanRequest:
     overhead_ms: float = 0.0
     local_overhead_ms: float = 0.0
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
+    #: frames in flight of a pipelined agent (its ``--window``), for the predicted frames/s
+    window: int = 4
     max_cut_tensors: int = 1
     threads: int = 1
     profile_mode: str = "segments"
@@ -124,9 +135,18 @@ class Option:
     codec_error: float = 0.0
     #: the request's per-frame overhead (``overhead_ms`` or ``local_overhead_ms``), in e2e_ms
     overhead_ms: float = 0.0
+    #: pipelined (``window`` frames in flight): the slowest stage per frame (device head +
+    #: encode, uplink, server decode + tail, downlink), and the frames per second predicted
+    stage_ms: float = 0.0
+    fps: float = 0.0
     pareto: bool = False
     #: per figure: True where it is a prediction, False where it was measured
     estimated: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def frame_interval_ms(self) -> float:
+        """1000 / fps: the throughput objective, minimised like the others."""
+        return 1e3 / self.fps if self.fps > 0 else math.inf
 
     def objective_values(self, objectives: tuple[str, ...]) -> list[float]:
         return [float(getattr(self, OBJECTIVES[o])) for o in objectives]
@@ -230,6 +250,8 @@ def _validate(req: PlanRequest) -> None:
         raise choices("profile mode", req.profile_mode, PROFILE_MODES)
     if req.threads < 1:
         raise SplitpipeError(f"--threads must be at least 1, got {req.threads}")
+    if req.window < 1:
+        raise SplitpipeError(f"--window must be at least 1 frame in flight, got {req.window}")
     if req.repeats < 1 or req.warmup < 0:
         raise SplitpipeError("--repeats must be at least 1 and --warmup at least 0")
     if req.calibration_samples < 1:
@@ -421,6 +443,7 @@ def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Anal
         times = end_to_end(stages, link if sent else None)
         overhead = req.overhead_ms if sent else req.local_overhead_ms
         times["e2e_ms"] += overhead
+        flow = pipelined(stages, times, req.window if sent else 1)
         est = {
             "head_ms": dev_t.estimated,
             "tail_ms": srv_t.estimated,
@@ -432,6 +455,8 @@ def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Anal
             "device_energy_mj": True,
             "head_mem_bytes": True,
             "overhead_ms": True,
+            "stage_ms": sent or dev_t.estimated,
+            "fps": True,
         }
         return Option(
             id=oid,
@@ -453,6 +478,8 @@ def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Anal
             reply_ms=times["reply_ms"],
             e2e_ms=times["e2e_ms"],
             overhead_ms=overhead,
+            stage_ms=flow["stage_ms"],
+            fps=flow["fps"],
         )
 
     def sent_option(

@@ -34,6 +34,7 @@ def _row(opt: Option) -> list[str]:
         _fmt(opt, "tx_ms", f"{opt.tx_ms + opt.rtt_ms + opt.reply_ms:.2f}"),
         _fmt(opt, "tail_ms", f"{opt.tail_ms:.2f}"),
         _fmt(opt, "e2e_ms", f"{opt.e2e_ms:.2f}"),
+        _fmt(opt, "fps", f"{opt.fps:.1f}" if opt.fps else "-"),
         _fmt(opt, "device_energy_mj", f"{opt.device_energy_mj:.1f}"),
         _fmt(opt, "head_mem_bytes", human_bytes(opt.head_mem_bytes)),
         "*" if opt.pareto else "",
@@ -61,6 +62,7 @@ def print_plan(plan: Plan, *, only_pareto: bool = False, console: Any = None) ->
         ("link ms", "right"),
         ("tail ms", "right"),
         ("e2e ms", "right"),
+        ("fps", "right"),
         ("energy mJ", "right"),
         ("head mem", "right"),
         ("pareto", "center"),
@@ -79,7 +81,8 @@ def print_plan(plan: Plan, *, only_pareto: bool = False, console: Any = None) ->
         )
     console.print(
         f"~ estimated, otherwise measured ({plan.device['method']}; server: {plan.server['method']}). "
-        f"Energy: {plan.device.get('energy_source')}. link ms = uplink + RTT + reply."
+        f"Energy: {plan.device.get('energy_source')}. link ms = uplink + RTT + reply. fps: pipelined, "
+        f"{plan.request.window} frames in flight (the slowest stage, or window / e2e)."
         + (f" Codec times on the {path}." if (path := plan.profiling.get("codec_path")) else "")
     )
     names = {o.id: o for o in plan.options()}

@@ -147,6 +147,7 @@ def test_slower_link_favours_fewer_bytes() -> None:
         ("link", "fast", "invalid link"),
         ("profile_mode", "guess", "unknown profile mode"),
         ("threads", 0, "threads"),
+        ("window", 0, "--window must be at least 1 frame in flight"),
         ("max_error", 0.01, r"--max-error chooses a codec per split with --codec auto; with --codec raw"),
     ],
 )
@@ -300,3 +301,38 @@ def test_offload_codec(tiny_plan: Plan) -> None:
     assert off.codec == "int8" and off.label == "input sent as int8"
     assert off.tx_bytes < tiny_plan.baselines["offload"].tx_bytes / 3
     assert 0 < off.codec_error < 0.01
+
+
+def test_pipelined_frames_per_second() -> None:
+    """The slowest of the four stages, or the window over the latency (Little's law)."""
+    from splitpipe.partition.cost import Stages, end_to_end, pipelined
+
+    link = Link(8.0, 20.0)  # 8 Mbit/s: 1 ms per kB
+    stages = Stages(head_ms=5.0, encode_ms=1.0, tx_bytes=10_000, decode_ms=0.5, tail_ms=2.0, reply_bytes=1000)
+    times = end_to_end(stages, link)  # e2e = 6 + 10 + 20 + 2.5 + 1 = 39.5 ms
+    assert pipelined(stages, times, window=8) == {"stage_ms": 10.0, "fps": pytest.approx(100.0)}
+    # one frame in flight: sequential, one frame per end-to-end latency
+    assert pipelined(stages, times, window=1)["fps"] == pytest.approx(1e3 / 39.5)
+    assert pipelined(stages, times, window=2)["fps"] == pytest.approx(2e3 / 39.5)
+
+
+def test_throughput_objective() -> None:
+    base = {**TINY.to_json(), "input_shape": (1, 3, 32, 32), "device": "rpi4", "server": "gpu-server"}
+    base.update(profile_mode="analytic", link="5mbit,30ms", objectives=("latency", "throughput"))
+    plans = {w: make_plan(PlanRequest(**{**base, "window": w})) for w in (1, 8)}
+    for window, plan in plans.items():
+        for o in plan.options():
+            assert o.estimated["fps"] and o.estimated["stage_ms"]
+            stage = max(o.head_ms + o.encode_ms, o.tx_ms, o.decode_ms + o.tail_ms, o.reply_ms)
+            assert o.stage_ms == pytest.approx(stage)
+            # local has nothing in flight: one frame after the other (codec times are measured
+            # anew in each plan, so each plan is checked against its own figures)
+            in_flight = 1 if o.id == "local" else window
+            assert o.fps == pytest.approx(min(1e3 / stage, in_flight * 1e3 / o.e2e_ms))
+    remote = [o for o in plans[8].options() if o.id != "local"]
+    assert all(o.fps > 1e3 / o.e2e_ms for o in remote)  # on this link, pipelining pays
+    plan = plans[8]
+    assert plan.best["throughput"] == max(plan.options(), key=lambda o: o.fps).id
+    assert_front_exact(plan)
+    again = Plan.from_json(json.loads(json.dumps(plan.to_json())))
+    assert [o.fps for o in again.options()] == [o.fps for o in plan.options()]

@@ -72,6 +72,13 @@ def register(subparsers: Any) -> None:
         "--warmup-frames", type=int, default=1, help="frames streamed first and not counted (default 1)"
     )
     sweep.add_argument(
+        "--pipelined",
+        type=int,
+        metavar="N",
+        help="also stream every export with N frames in flight (the agent's --window) and hold its "
+        "frames/s against the plan's (about --run-seconds each, at most 400 frames)",
+    )
+    sweep.add_argument(
         "--images",
         type=Path,
         metavar="DIR",
@@ -135,6 +142,7 @@ def options_from_args(args: argparse.Namespace) -> Any:
         max_frames=args.max_frames,
         run_seconds=args.run_seconds,
         warmup_frames=args.warmup_frames,
+        pipelined_window=args.pipelined,
         images=args.images,
         calibration_samples=args.calibration_samples,
         out=args.out,

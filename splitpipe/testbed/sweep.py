@@ -13,7 +13,9 @@ For a model and a few link rates, on one testbed (docs/testbed.md):
    baseline beats them all), and the candidate each plan picks (lowest predicted latency);
 4. one ``splitpipe serve`` process serves all of them on the server side; per link, for each
    export, ``splitpipe agent --sequential --window 1`` streams real pictures from the device side
-   and reports each frame's end-to-end latency on the device's clock.
+   and reports each frame's end-to-end latency on the device's clock; with ``pipelined_window``
+   each export is streamed again with that many frames in flight, for its throughput against
+   the plan's predicted frames per second.
 
 The result (:func:`run_sweep`) is a JSON document (``splitpipe-sweep``, version 1) with every
 run's measured and predicted figures; :mod:`splitpipe.testbed.sweep_report` turns it into the
@@ -47,7 +49,9 @@ _LOGGER = logging.getLogger(__name__)
 
 SWEEP_FORMAT = "splitpipe-sweep"
 SWEEP_VERSION = 1
-OBJECTIVE_NAMES = ("latency", "energy", "bytes", "memory")
+OBJECTIVE_NAMES = ("latency", "energy", "bytes", "memory", "throughput")
+#: most frames of one pipelined run
+MAX_PIPELINED_FRAMES = 400
 #: run kinds, in table order
 KINDS = ("local", "offload-raw", "offload-jpeg", "split")
 #: the pictures streamed and calibrated on: scikit-learn's two sample photographs, cropped
@@ -93,6 +97,9 @@ class SweepOptions:
     keep_exports: bool = False
     name: str = "sweep"
     port: int = 8001
+    #: also stream each export with this many frames in flight (the agent's --window) and hold
+    #: its frames per second against the plan's prediction; None: sequential runs only
+    pipelined_window: int | None = None
 
     def __post_init__(self) -> None:
         if not self.links_mbit:
@@ -114,6 +121,10 @@ class SweepOptions:
             raise SplitpipeError(f"seconds per run must be positive, got {self.run_seconds}")
         if self.warmup_frames < 0:
             raise SplitpipeError(f"warm-up frames must be >= 0, got {self.warmup_frames}")
+        if self.pipelined_window is not None and self.pipelined_window < 2:
+            raise SplitpipeError(
+                f"--pipelined needs at least 2 frames in flight (1 is the sequential run), got {self.pipelined_window}"
+            )
         if self.calibration_samples < 1:
             raise SplitpipeError(f"calibration samples must be at least 1, got {self.calibration_samples}")
         if self.images is not None and not Path(self.images).is_dir():
@@ -236,6 +247,7 @@ class Sweep:
             calibration_samples=o.calibration_samples,
             objectives=o.objectives,
             max_cut_tensors=o.max_cut_tensors,
+            window=o.pipelined_window or 4,
         )
         self._step(f"loading {o.model}")
         analysis = analyse(base)
@@ -437,6 +449,8 @@ class Sweep:
                             f"p90 {run['measured']['e2e_ms']['p90']:8.1f} ms, predicted {predicted['e2e_ms']:8.1f} ms "
                             f"({run['error']:+.1%})"
                         )
+                    if o.pipelined_window:
+                        run["pipelined"] = self._pipelined(tb, spec, source, predicted, work, rate)
                     runs.append(run)
                 entry["runs"] = runs
                 entry["picked"] = _option_key(plan.best["latency"], pictures)
@@ -622,17 +636,52 @@ class Sweep:
         want = o.run_seconds * 1e3 / max(predicted_ms, 1e-3)
         return int(min(o.max_frames, max(o.min_frames, math.ceil(want))))
 
-    def _stream(self, tb: Any, spec: RunSpec, source: list[str], frames: int, report: Path) -> dict[str, Any]:
-        """One agent run on the device side: ``frames`` after the warm-up, sequential."""
+    def _pipelined(
+        self, tb: Any, spec: RunSpec, source: list[str], predicted: dict[str, Any], work: Path, rate: float
+    ) -> dict[str, Any]:
+        """The export again with ``pipelined_window`` frames in flight: frames per second,
+        measured in the steady state, against the plan's prediction."""
+        o = self.options
+        assert o.pipelined_window is not None
+        want = o.run_seconds * max(float(predicted["fps"]), 1e-3)
+        frames = int(min(MAX_PIPELINED_FRAMES, max(4 * o.pipelined_window, math.ceil(want))))
+        report = work / "reports" / f"{rate:g}mbit-{spec.key}-pipelined.json"
+        run = self._stream(tb, spec, source, frames, report, window=o.pipelined_window)
+        out: dict[str, Any] = {
+            "window": o.pipelined_window,
+            "frames": frames,
+            "predicted_fps": float(predicted["fps"]),
+            "predicted_stage_ms": float(predicted["stage_ms"]),
+        }
+        if run.get("failure"):
+            out["failure"] = run["failure"]
+            return out
+        fps = steady_fps(json.loads(report.read_text()), o.warmup_frames + o.pipelined_window)
+        out.update(measured_fps=fps, report=str(report), bound=run["measured"].get("bound"))
+        if fps:
+            out["error"] = (out["predicted_fps"] - fps) / fps
+            self.log(
+                f"         {spec.key:>14}: pipelined (window {o.pipelined_window}) {fps:8.2f} fps, "
+                f"predicted {out['predicted_fps']:8.2f} fps ({out['error']:+.1%})"
+            )
+        return out
+
+    def _stream(
+        self, tb: Any, spec: RunSpec, source: list[str], frames: int, report: Path, window: int = 1
+    ) -> dict[str, Any]:
+        """One agent run on the device side: ``frames`` after the warm-up, sequential (window
+        1, each frame captured after the previous result) or with ``window`` frames in flight."""
         o = self.options
         assert spec.export is not None
         report.parent.mkdir(parents=True, exist_ok=True)
         total = frames + o.warmup_frames
         argv = self._python(
             "agent", str(spec.export), "--source", *source, "--loop", "--frames", str(total),
-            "--window", "1", "--sequential", "--report", str(report), "--log-interval", "0",
+            "--window", str(window), "--report", str(report), "--log-interval", "0",
             "--connect-timeout", "60",
         )  # fmt: skip
+        if window == 1:
+            argv.append("--sequential")
         if spec.kind != "local":
             argv += ["--server", tb.server_address(o.port)]
         log = report.with_suffix(".log")
@@ -867,10 +916,12 @@ def _prediction(plan: Any, spec: RunSpec) -> dict[str, Any]:
     """The plan's figures for a run. The raw offload, where the plan's offload baseline is the
     JPEG one, is the same option with the input's own bytes and no codec, through the planner's
     cost function (``partition.cost.end_to_end``), for the same link."""
-    from splitpipe.partition.cost import Link, Stages, end_to_end
+    from splitpipe.partition.cost import Link, Stages, end_to_end, pipelined
 
     opt = plan.option(spec.split)
-    figures: dict[str, Any] = {k: float(getattr(opt, k)) for k in ("e2e_ms", *_STAGES, "overhead_ms")}
+    figures: dict[str, Any] = {
+        k: float(getattr(opt, k)) for k in ("e2e_ms", *_STAGES, "overhead_ms", "stage_ms", "fps")
+    }
     figures.update(tx_bytes=int(opt.tx_bytes), reply_bytes=int(opt.reply_bytes), codec=opt.codec)
     figures["codec_error"] = float(opt.codec_error)
     figures["how"] = "the plan's option"
@@ -880,6 +931,7 @@ def _prediction(plan: Any, spec: RunSpec) -> dict[str, Any]:
         times = end_to_end(stages, Link(plan.link["bandwidth_mbps"], plan.link["rtt_ms"]))
         times["e2e_ms"] += opt.overhead_ms
         figures.update(times, tx_bytes=raw_bytes, encode_ms=0.0, decode_ms=0.0, codec="raw", codec_error=0.0)
+        figures.update(pipelined(stages, times, plan.request.window))
         figures["how"] = (
             "the plan's offload option with the raw input bytes and no codec (partition.cost.end_to_end)"
         )
@@ -901,6 +953,21 @@ def _percentiles(values: Sequence[float]) -> dict[str, float]:
         "max": float(a.max()),
         "n": int(a.size),
     }
+
+
+def steady_fps(report: dict[str, Any], skip: int) -> float | None:
+    """Completed frames per second in a run's steady state: the first ``skip`` frames (the
+    warm-up, and the window filling) left out, frames over the time between the first and the
+    last of the others' results, on the device's clock."""
+    frames = sorted(report["frames"], key=lambda f: f["id"])[skip:]
+    done = sorted(
+        f["captured_s"] + f["e2e_ms"] / 1e3
+        for f in frames
+        if f.get("e2e_ms") is not None and "error" not in f
+    )
+    if len(done) < 2 or done[-1] <= done[0]:
+        return None
+    return (len(done) - 1) / (done[-1] - done[0])
 
 
 def measured_figures(report: dict[str, Any], warmup: int) -> dict[str, Any]:
@@ -964,5 +1031,6 @@ __all__ = [
     "measured_figures",
     "parse_links",
     "run_sweep",
+    "steady_fps",
     "write_pictures",
 ]

@@ -15,7 +15,10 @@ Definitions (docs/testbed.md, "Sweep"):
   over the time they spend on the link, ``(request + reply bytes) x 8 / (network_ms - RTT)``,
   where ``network_ms`` is the agent's round trip minus the server's own time (two durations,
   each on one clock) and RTT the link's measured round trip; as a fraction of the rate set on
-  the link (tbf's) and of the TCP goodput measured on it.
+  the link (tbf's) and of the TCP goodput measured on it;
+- **throughput** (``--pipelined N``): each export streamed again with N frames in flight; its
+  steady frames per second against the plan's ``fps`` (error as for latency), and over the
+  sequential run's frames per second (what pipelining gains).
 """
 
 from __future__ import annotations
@@ -103,6 +106,52 @@ def goodput(link: dict[str, Any], run: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def throughput(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The pipelined runs' throughput against the plans, and over the sequential runs; None
+    for a sweep without them."""
+    from splitpipe.testbed.sweep import _option_key
+
+    errors, links = [], []
+    for link in data["links"]:
+        piped = {
+            r["key"]: r["pipelined"] for r in link["runs"] if (r.get("pipelined") or {}).get("measured_fps")
+        }
+        if not piped:
+            continue
+        errors += [abs(float(p["error"])) for p in piped.values() if p.get("error") is not None]
+        speedups = {  # local has nothing to overlap: its frames run one after another either way
+            r["key"]: piped[r["key"]]["measured_fps"] / r["measured"]["fps"]
+            for r in link["runs"]
+            if r["key"] in piped and r["kind"] != "local" and (r.get("measured") or {}).get("fps")
+        }
+        best = max(piped, key=lambda k: piped[k]["measured_fps"])
+        entry: dict[str, Any] = {
+            "rate_set_mbit": link["rate_set_mbit"],
+            "window": next(iter(piped.values()))["window"],
+            "best": best,
+            "best_fps": piped[best]["measured_fps"],
+            "speedup_over_sequential": speedups,
+        }
+        picked_id = ((link.get("plan") or {}).get("best") or {}).get("throughput")
+        if picked_id is not None:
+            picked = _option_key(picked_id, bool(data.get("pictures")))
+            entry["picked"] = picked
+            if picked in piped:
+                entry["picked_fps"] = piped[picked]["measured_fps"]
+                entry["picked_of_best"] = piped[picked]["measured_fps"] / piped[best]["measured_fps"]
+        links.append(entry)
+    if not links:
+        return None
+    return {
+        "n": len(errors),
+        "median_abs": statistics.median(errors) if errors else None,
+        "p90_abs": _quantile(errors, 90) if errors else None,
+        "max_abs": max(errors) if errors else None,
+        "links": links,
+        "measured": True,
+    }
+
+
 def summarize(data: dict[str, Any]) -> dict[str, Any]:
     """Prediction error, picked against best, speedups and goodput of a sweep (all measured
     figures, except the predictions they are compared with)."""
@@ -172,6 +221,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         "goodput_headline": headline[0] if headline else None,
         "target_goodput": TARGET_GOODPUT,
         "failures": failures,
+        "throughput": throughput(data),
         "other_work_cores": {
             "mean": statistics.fmean(other_cores) if other_cores else None,
             "max": max(other_cores) if other_cores else None,
@@ -207,6 +257,10 @@ def print_sweep(data: dict[str, Any], console: Any = None) -> None:
             f"per-frame overhead, measured with a trivial export and included in every prediction: "
             f"{overhead['remote_ms']:.2f} ms when sending, {overhead['local_ms']:.2f} ms local"
         )
+    window = opts.get("pipelined_window")
+    pipelined_columns = (
+        [(f"fps, {window} in flight", "right"), ("predicted", "right"), ("error", "right")] if window else []
+    )
     for link in data["links"]:
         m = link.get("link_run") or link["link_planned"]
         planned = link["link_planned"]
@@ -220,7 +274,7 @@ def print_sweep(data: dict[str, Any], console: Any = None) -> None:
         for col, justify in (
             ("run", "left"), ("where", "left"), ("codec", "left"), ("bytes/frame", "right"),
             ("frames", "right"), ("predicted", "right"), ("p50", "right"), ("p90", "right"),
-            ("error", "right"), ("fps", "right"), ("other CPU", "right"), ("", "left"),
+            ("error", "right"), ("fps", "right"), *pipelined_columns, ("other CPU", "right"), ("", "left"),
         ):  # fmt: skip
             table.add_column(col, justify=justify)  # type: ignore[arg-type]
         for r in sorted(link["runs"], key=lambda r: (_KIND_ORDER.get(r["kind"], 9), str(r["key"]))):
@@ -243,18 +297,36 @@ def print_sweep(data: dict[str, Any], console: Any = None) -> None:
                 f"{m_['e2e_ms']['p90']:.1f}" if m_ else "-",
                 f"{r['error']:+.1%}" if r.get("error") is not None else "-",
                 f"{m_['fps']:.2f}" if m_ and m_.get("fps") else "-",
+                *(_pipelined_cells(r.get("pipelined")) if window else []),
                 f"{r['other_work']['cores']:.2f}" if r.get("other_work") else "-",
                 ", ".join(flags),
             )
         console.print(table)
     console.print(
         "ms end to end, sequential frames (window 1, each captured after the previous result); measured on the "
-        "testbed, except ~ = the plan's prediction; error = (predicted - measured) / measured p50; bytes = the "
-        "request message; other CPU = cores busy with work outside the testbed's device and server groups (other "
+        "testbed, except ~ = the plan's prediction; error = (predicted - measured) / measured p50; "
+        + (
+            f"fps, {window} in flight = steady frames/s with the agent's --window {window} (its error against the "
+            "plan's fps); "
+            if window
+            else ""
+        )
+        + "bytes = the request message; other CPU = cores busy with work outside the testbed's device and server groups (other "
         "jobs, the delay relay) during the run."
     )
     for line in summary_lines(summary):
         console.print(line)
+
+
+def _pipelined_cells(p: dict[str, Any] | None) -> list[str]:
+    if not p:
+        return ["-", "-", "-"]
+    fps = p.get("measured_fps")
+    return [
+        f"{fps:.2f}" if fps else ("FAILED" if p.get("failure") else "-"),
+        f"~{p['predicted_fps']:.2f}",
+        f"{p['error']:+.1%}" if p.get("error") is not None else "-",
+    ]
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
@@ -291,6 +363,23 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
             f"goodput {g['key']} at {g['rate_set_mbit']:g} Mbit/s: {g['goodput_mbit']:.2f} Mbit/s "
             f"({g['request_bytes'] + g['reply_bytes']:,.0f} B in {g['transfer_ms']:.1f} ms) = "
             f"{g['of_set_rate']:.3f} of the set rate (target {summary['target_goodput']}){tcp}"
+        )
+    t = summary.get("throughput")
+    if t and t["n"]:
+        lines.append(
+            f"throughput prediction error over {t['n']} pipelined runs: median {t['median_abs']:.1%}, "
+            f"p90 {t['p90_abs']:.1%}, max {t['max_abs']:.1%}"
+        )
+    for x in (t or {}).get("links", []):
+        gains = ", ".join(f"{k} {v:.2f}x" for k, v in sorted(x["speedup_over_sequential"].items()))
+        picked = (
+            f"; the plan's throughput pick {x['picked']} {x['picked_fps']:.2f} fps ({x['picked_of_best']:.3f} of the best)"
+            if "picked_fps" in x
+            else ""
+        )
+        lines.append(
+            f"{x['rate_set_mbit']:g} Mbit/s, {x['window']} frames in flight: best {x['best']} {x['best_fps']:.2f} fps"
+            f"{picked}; over sequential: {gains}"
         )
     w = summary.get("other_work_cores") or {}
     if w.get("mean") is not None:

@@ -21,6 +21,7 @@ from splitpipe.testbed.sweep import (
     image_input,
     measured_figures,
     parse_links,
+    steady_fps,
     write_pictures,
 )
 from splitpipe.testbed.sweep_report import (
@@ -73,6 +74,7 @@ def test_small_sweep_end_to_end(tmp_path: Path) -> None:
     proc = _cli(
         "sweep", *TINY, "--links", "5mbit,20mbit", "--rtt", "10ms", "--device-cpu", "0.5",
         "--frames", "4", "--name", name, "--port", "8301", "--out", str(out),
+        "--pipelined", "3", "--run-seconds", "0.5",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert _gone(name)
@@ -102,6 +104,14 @@ def test_small_sweep_end_to_end(tmp_path: Path) -> None:
             if run["kind"] != "local":
                 # every remote frame crossed the link: at least one round trip
                 assert m["e2e_ms"]["min"] >= link["link_run"]["rtt_min_ms"] * 0.9
+            piped = run["pipelined"]
+            assert piped["window"] == 3 and piped["frames"] >= 12 and piped["predicted_fps"] > 0
+            assert piped["measured_fps"] > 0 and piped["error"] == pytest.approx(
+                (piped["predicted_fps"] - piped["measured_fps"]) / piped["measured_fps"]
+            )
+            if run["kind"] != "local":
+                # three frames in flight hide the round trip that sequential frames wait for
+                assert piped["measured_fps"] > 1.3 * m["fps"], (run["key"], piped, m["fps"])
         by_key = {r["key"]: r for r in link["runs"]}
         # JPEG sends far fewer bytes than the raw input; local sends nothing
         assert (
@@ -116,6 +126,10 @@ def test_small_sweep_end_to_end(tmp_path: Path) -> None:
         assert (out / png).read_bytes()[:8] == PNG
     assert not (out / "exports").exists()  # removed unless --keep-exports
     assert "prediction error over" in proc.stdout
+    t = s["throughput"]
+    assert t["n"] == 2 * len(keys) and len(t["links"]) == 2
+    assert all(x["picked"] in keys and x["best"] in keys for x in t["links"])
+    assert "throughput prediction error over" in proc.stdout and "fps, 3 in flight" in proc.stdout
 
 
 @pytest.mark.testbed
@@ -251,6 +265,35 @@ def test_measured_figures_leave_out_the_warm_up_and_failed_frames() -> None:
     assert m["e2e_ms"]["p50"] == pytest.approx(106.0)
     assert m["fps"] == pytest.approx(9 / (sum(kept) / 1e3))
     assert m["stages_p50_ms"]["server_total"] == 10.0 and m["stages_p50_ms"]["server_tail"] == 8.0
+
+
+def test_steady_fps_leaves_out_the_start_and_counts_results() -> None:
+    # results every 10 ms after a slow start; frame 3 failed
+    frames = [{"id": i, "captured_s": 1.0 + 0.01 * i, "e2e_ms": 500.0 if i < 2 else 30.0} for i in range(12)]
+    frames[3]["error"] = "refused"
+    report = {"frames": frames[::-1]}
+    assert steady_fps(report, skip=2) == pytest.approx(8 / 0.09)
+    assert steady_fps(report, skip=11) is None
+
+
+def test_throughput_summary() -> None:
+    data = _sweep()
+    data["options"]["pipelined_window"] = 4
+    for link in data["links"]:
+        link["plan"] = {"best": {"latency": 3, "throughput": 3}}
+        for r in link["runs"]:
+            fps = 2.5 * r["measured"]["fps"]
+            r["pipelined"] = {"window": 4, "frames": 40, "predicted_fps": 1.1 * fps, "measured_fps": fps,
+                              "error": 0.1, "predicted_stage_ms": 1.0}  # fmt: skip
+    data["links"][0]["runs"][0]["pipelined"]["error"] = -0.3
+    t = summarize(data)["throughput"]
+    assert t["n"] == 6 and t["median_abs"] == pytest.approx(0.1) and t["max_abs"] == pytest.approx(0.3)
+    slow = t["links"][0]
+    assert slow["best"] == "s3" and slow["picked"] == "s3" and slow["picked_of_best"] == 1.0
+    assert slow["speedup_over_sequential"] == pytest.approx({"offload-raw": 2.5, "s3": 2.5})
+    lines = "\n".join(summary_lines(summarize(data)))
+    assert "throughput prediction error over 6 pipelined runs: median 10.0%" in lines
+    assert "2 Mbit/s, 4 frames in flight: best s3" in lines
 
 
 def _run(key: str, kind: str, predicted: float, measured: float, **extra: Any) -> dict[str, Any]:

@@ -525,7 +525,9 @@ class Sweep:
         if spec.kind == "offload-raw":
             export_req = replace(req, offload_codec="raw")
         if plan is None:  # a baseline: its manifest's predictions come from a quick analytic plan
-            export_req = replace(export_req, profile_mode="analytic", calibration_samples=1, codec="raw")
+            export_req = replace(
+                export_req, profile_mode="analytic", calibration_samples=1, codec="raw", max_error=None
+            )
         codec = None if spec.kind == "split" else ("raw" if spec.codec == "none" else spec.codec)
         export_split(
             export_req, spec.split, out, plan=plan, analysis=analysis, name=f"{stem}-{spec.key}", codec=codec

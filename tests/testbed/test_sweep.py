@@ -74,7 +74,7 @@ def test_small_sweep_end_to_end(tmp_path: Path) -> None:
     proc = _cli(
         "sweep", *TINY, "--links", "5mbit,20mbit", "--rtt", "10ms", "--device-cpu", "0.5",
         "--frames", "4", "--name", name, "--port", "8301", "--out", str(out),
-        "--pipelined", "3", "--run-seconds", "0.5",
+        "--pipelined", "3", "--run-seconds", "0.5", "--max-error", "0.05",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert _gone(name)

@@ -92,6 +92,14 @@ def add_cost_arguments(p: argparse.ArgumentParser) -> None:
         help="the same for local, where nothing is sent (default 0)",
     )
     p.add_argument(
+        "--device-overhead-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="the agent's own device time per frame beyond head and encode, when pipelined, added to "
+        "the device stage of the predicted frames/s (default 0; splitpipe bench sweep --pipelined measures it)",
+    )
+    p.add_argument(
         "--window",
         type=int,
         default=4,
@@ -152,6 +160,7 @@ def request_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         server_from=args.server_from,
         overhead_ms=args.overhead_ms,
         local_overhead_ms=args.local_overhead_ms,
+        device_overhead_ms=args.device_overhead_ms,
         objectives=objectives,
         window=args.window,
         max_cut_tensors=args.max_cut_tensors,

@@ -3,9 +3,10 @@
     e2e = head + encode + uplink transfer + round trip + decode + tail + downlink transfer
 
 Pipelined, with ``window`` frames in flight (the agent's ``--window``), frames follow each
-other as fast as the slowest stage lets them, the device (head + encode), the uplink, the
-server (decode + tail) or the downlink, each serving one frame at a time, and no faster than
-``window`` frames per end-to-end latency (Little's law):
+other as fast as the slowest stage lets them, the device (head + encode + the agent's own work
+per frame, ``device_overhead_ms``), the uplink, the server (decode + tail) or the downlink,
+each serving one frame at a time, and no faster than ``window`` frames per end-to-end latency
+(Little's law):
 
     fps = min(1000 / slowest stage, window * 1000 / e2e)
 
@@ -71,10 +72,12 @@ def end_to_end(stages: Stages, link: Link | None) -> dict[str, float]:
     return {"tx_ms": tx, "rtt_ms": rtt, "reply_ms": reply, "e2e_ms": e2e}
 
 
-def pipelined(stages: Stages, times: dict[str, float], window: int) -> dict[str, float]:
+def pipelined(
+    stages: Stages, times: dict[str, float], window: int, device_overhead_ms: float = 0.0
+) -> dict[str, float]:
     """The slowest stage of a pipelined agent (ms per frame) and the frames per second it allows."""
     stage = max(
-        stages.head_ms + stages.encode_ms,
+        stages.head_ms + stages.encode_ms + device_overhead_ms,
         times["tx_ms"],
         stages.decode_ms + stages.tail_ms,
         times["reply_ms"],

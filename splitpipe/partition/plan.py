@@ -81,6 +81,10 @@ class PlanRequest:
     #: export on the testbed
     overhead_ms: float = 0.0
     local_overhead_ms: float = 0.0
+    #: the agent's own device time per frame beyond head and encode when frames are pipelined
+    #: (capturing, preprocessing, the messages; it shares the device with the head), added to
+    #: the device stage of options that send; measured by ``splitpipe bench sweep --pipelined``
+    device_overhead_ms: float = 0.0
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     #: frames in flight of a pipelined agent (its ``--window``), for the predicted frames/s
     window: int = 4
@@ -257,7 +261,11 @@ def _validate(req: PlanRequest) -> None:
     if req.calibration_samples < 1:
         raise SplitpipeError(f"--calibration-samples must be at least 1, got {req.calibration_samples}")
     check_max_error(req.codec, req.max_error)
-    for name, value in (("--overhead-ms", req.overhead_ms), ("--local-overhead-ms", req.local_overhead_ms)):
+    for name, value in (
+        ("--overhead-ms", req.overhead_ms),
+        ("--local-overhead-ms", req.local_overhead_ms),
+        ("--device-overhead-ms", req.device_overhead_ms),
+    ):
         if not (value >= 0 and value < float("inf")):
             raise SplitpipeError(f"{name} must be a non-negative number of milliseconds, got {value}")
     check_codec_name(req.codec)
@@ -443,7 +451,11 @@ def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Anal
         times = end_to_end(stages, link if sent else None)
         overhead = req.overhead_ms if sent else req.local_overhead_ms
         times["e2e_ms"] += overhead
-        flow = pipelined(stages, times, req.window if sent else 1)
+        flow = (
+            pipelined(stages, times, req.window, req.device_overhead_ms)
+            if sent
+            else pipelined(stages, times, 1)
+        )
         est = {
             "head_ms": dev_t.estimated,
             "tail_ms": srv_t.estimated,

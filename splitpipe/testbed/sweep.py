@@ -362,6 +362,12 @@ class Sweep:
                 f"{overhead['local_ms']:.2f} ms local"
             )
             req = replace(req, overhead_ms=overhead["remote_ms"], local_overhead_ms=overhead["local_ms"])
+            if overhead["pipelined"]:
+                req = replace(req, device_overhead_ms=overhead["pipelined"]["device_ms"])
+                self._step(
+                    f"pipelined, the agent's own device time per frame: {overhead['pipelined']['device_ms']:.2f} ms "
+                    f"(the trivial export's interval {overhead['pipelined']['interval_ms']:.2f} ms)"
+                )
 
             # 2. per link: measure it, plan for what was measured
             t = time.perf_counter()
@@ -575,6 +581,14 @@ class Sweep:
                 kind: self._stream(tb, spec, source, OVERHEAD_FRAMES, work / "overhead" / f"{kind}.json")
                 for kind, spec in trivial.items()
             }
+            if self.options.pipelined_window:
+                # the device's own work per frame when frames are pipelined: the trivial export's
+                # steady interval between frames, with a window wide enough that only the
+                # device's time (capture, the agent's messages) can hold it back
+                runs["pipelined"] = self._stream(
+                    tb, remote, source, PIPELINED_OVERHEAD_FRAMES,
+                    work / "overhead" / "remote-pipelined.json", window=PIPELINED_OVERHEAD_WINDOW,
+                )  # fmt: skip
         finally:
             if server is not None:
                 _stop(server)
@@ -593,9 +607,28 @@ class Sweep:
             - link.rtt_ms - (f["tx_bytes"] + reply_bytes) * 8 / (link.uplink_mbit * 1e3)
             for f in remote_frames
         ]  # fmt: skip
+        device: dict[str, Any] = {}
+        if "pipelined" in runs:
+            report = json.loads(Path(runs["pipelined"]["report"]).read_text())
+            skip = self.options.warmup_frames + PIPELINED_OVERHEAD_WINDOW
+            fps = steady_fps(report, skip)
+            if not fps:
+                raise SplitpipeError("measuring the pipelined per-frame overhead failed: no steady frames")
+            frames = _frames_of(runs["pipelined"]["report"], skip)
+            stages = _percentiles([f["head_ms"] + f["encode_ms"] for f in frames])["p50"]
+            device = {
+                "device_ms": max(1e3 / fps - stages, 0.0),
+                "interval_ms": 1e3 / fps,
+                "head_encode_ms_p50": stages,
+                "window": PIPELINED_OVERHEAD_WINDOW,
+                "frames": PIPELINED_OVERHEAD_FRAMES,
+                "how": f"the trivial export with {PIPELINED_OVERHEAD_WINDOW} frames in flight: its steady "
+                "interval between results less its head and encode (p50)",
+            }
         return {
             "remote_ms": _percentiles(remote_ms)["p50"],
             "local_ms": _percentiles(local_ms)["p50"],
+            "pipelined": device or None,
             "remote": _percentiles(remote_ms),
             "local": _percentiles(local_ms),
             "capture_ms_p50": _percentiles([f["capture_ms"] for f in remote_frames + local])["p50"],
@@ -747,6 +780,9 @@ class CpuSnapshot:
 #: the tensor the trivial model is cut at, and how many frames measure the overhead
 TRIVIAL_CUT = "pooled"
 OVERHEAD_FRAMES = 20
+#: the trivial export pipelined: frames, and frames in flight (wide, so that the device binds)
+PIPELINED_OVERHEAD_FRAMES = 300
+PIPELINED_OVERHEAD_WINDOW = 16
 
 
 def write_trivial_model(graph: Any, path: Path) -> None:
@@ -933,7 +969,7 @@ def _prediction(plan: Any, spec: RunSpec) -> dict[str, Any]:
         times = end_to_end(stages, Link(plan.link["bandwidth_mbps"], plan.link["rtt_ms"]))
         times["e2e_ms"] += opt.overhead_ms
         figures.update(times, tx_bytes=raw_bytes, encode_ms=0.0, decode_ms=0.0, codec="raw", codec_error=0.0)
-        figures.update(pipelined(stages, times, plan.request.window))
+        figures.update(pipelined(stages, times, plan.request.window, plan.request.device_overhead_ms))
         figures["how"] = (
             "the plan's offload option with the raw input bytes and no codec (partition.cost.end_to_end)"
         )

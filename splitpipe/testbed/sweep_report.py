@@ -256,6 +256,11 @@ def print_sweep(data: dict[str, Any], console: Any = None) -> None:
         console.print(
             f"per-frame overhead, measured with a trivial export and included in every prediction: "
             f"{overhead['remote_ms']:.2f} ms when sending, {overhead['local_ms']:.2f} ms local"
+            + (
+                f"; pipelined, the agent's own device time per frame {overhead['pipelined']['device_ms']:.2f} ms"
+                if overhead.get("pipelined")
+                else ""
+            )
         )
     window = opts.get("pipelined_window")
     pipelined_columns = (

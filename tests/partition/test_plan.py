@@ -314,6 +314,11 @@ def test_pipelined_frames_per_second() -> None:
     # one frame in flight: sequential, one frame per end-to-end latency
     assert pipelined(stages, times, window=1)["fps"] == pytest.approx(1e3 / 39.5)
     assert pipelined(stages, times, window=2)["fps"] == pytest.approx(2e3 / 39.5)
+    # the agent's own device work per frame shares the device with the head
+    assert pipelined(stages, times, window=8, device_overhead_ms=6.5) == {
+        "stage_ms": 12.5,
+        "fps": pytest.approx(80.0),
+    }
 
 
 def test_throughput_objective() -> None:

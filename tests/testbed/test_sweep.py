@@ -126,6 +126,11 @@ def test_small_sweep_end_to_end(tmp_path: Path) -> None:
         assert (out / png).read_bytes()[:8] == PNG
     assert not (out / "exports").exists()  # removed unless --keep-exports
     assert "prediction error over" in proc.stdout
+    device = data["overhead"]["pipelined"]
+    assert device["device_ms"] >= 0 and device["interval_ms"] > 0
+    for link in data["links"]:
+        plan = json.loads(Path(link["plan"]["file"]).read_text())
+        assert plan["request"]["device_overhead_ms"] == device["device_ms"]
     t = s["throughput"]
     assert t["n"] == 2 * len(keys) and len(t["links"]) == 2
     assert all(x["picked"] in keys and x["best"] in keys for x in t["links"])

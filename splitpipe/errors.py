@@ -35,8 +35,33 @@ def check_output_file(path: str | Path, option: str, example: str = "out.json") 
     out = Path(path)
     if out.is_dir():
         raise SplitpipeError(f"{option} {out} is a directory; give a file name such as {out / example}")
+    _check_parents(out, option)
     if not out.parent.is_dir():
         raise SplitpipeError(f"{option} {out}: folder {out.parent} does not exist")
+    return out
+
+
+def _check_parents(out: Path, option: str) -> None:
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise SplitpipeError(f"{option} {out}: {parent} is a file, not a folder")
+            return
+
+
+#: the suffixes matplotlib writes that plots are offered in
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def check_plot_file(path: str | Path, option: str = "--plot", example: str = "plot.png") -> Path:
+    """A plot file that can be written, in a format offered, and matplotlib to write it."""
+    import importlib.util
+
+    out = check_output_file(path, option, example)
+    if out.suffix.lower() not in PLOT_SUFFIXES:
+        raise SplitpipeError(f"{option} {out}: give a file ending in {', '.join(PLOT_SUFFIXES)}")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise SplitpipeError(f"{option} needs matplotlib: pip install 'splitpipe[plot]' (or matplotlib)")
     return out
 
 
@@ -46,4 +71,5 @@ def check_output_dir(path: str | Path, option: str, contents: str) -> Path:
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise SplitpipeError(f"{option} {out} is a file; give a directory for {contents}")
+    _check_parents(out, option)
     return out

@@ -63,6 +63,16 @@ def assert_user_error(proc: subprocess.CompletedProcess[str], *fragments: str) -
             ["--plot /tmp is a directory; give a file name such as /tmp/pareto.png"],
         ),
         (["nosuchcommand"], ["invalid choice"]),
+        # plot formats and folders that are files are refused before planning
+        (
+            ["plan", *TINY, "--plot", "/tmp/front.txt"],
+            ["--plot /tmp/front.txt: give a file ending in .png, .svg, .pdf"],
+        ),
+        (["plan", *TINY, "--json", f"{__file__}/plan.json"], [f"{__file__} is a file, not a folder"]),
+        (
+            ["export", *TINY, "--split", "1", "--out", f"{__file__}/out"],
+            [f"{__file__} is a file, not a folder"],
+        ),
     ],
 )
 def test_user_errors_are_one_line(args: list[str], fragments: list[str]) -> None:
@@ -105,3 +115,29 @@ def test_plan_json_plot_and_export(tmp_path: Path) -> None:
     # the plan can be re-run from its JSON
     again = splitpipe("plan", "--from", str(plan_json))
     assert again.returncode == 0, again.stderr
+
+
+def test_flags_a_stored_request_would_ignore_are_refused(tmp_path: Path) -> None:
+    plan_json = tmp_path / "plan.json"
+    assert splitpipe("plan", *TINY, "--analytic", "--json", str(plan_json)).returncode == 0
+    assert_user_error(
+        splitpipe("plan", "--from", str(plan_json), "--link", "5mbit,40ms", "torchvision:resnet18"),
+        "--from re-runs the request stored in",
+        "MODEL, --link would be ignored",
+    )
+    assert_user_error(
+        splitpipe(
+            "export",
+            "--plan",
+            str(plan_json),
+            "--split",
+            "1",
+            "--device",
+            "rpi4",
+            "--out",
+            str(tmp_path / "x"),
+        ),
+        "--plan takes the model, link, device and server of",
+        "--device would be ignored",
+    )
+    assert not (tmp_path / "x").exists()

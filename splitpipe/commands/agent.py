@@ -143,9 +143,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 0:
         raise SplitpipeError(f"--threads must be >= 0 (0 lets the runtime choose), got {args.threads}")
     if args.plot is not None:  # checked now: a plot that cannot be drawn at the end would be lost
-        from splitpipe.commands.report import check_plot
+        from splitpipe.errors import check_plot_file
 
-        check_plot(args.plot)
+        check_plot_file(args.plot, example="run.png")
     tls = None
     if args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name:
         tls = ClientTls(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)

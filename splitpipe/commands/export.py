@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from splitpipe.commands.plan import add_cost_arguments, add_model_arguments, request_from_args
+from splitpipe.commands.plan import (
+    add_cost_arguments,
+    add_model_arguments,
+    given_request_flags,
+    request_from_args,
+)
 
 
 def _split_id(text: str) -> int | str:
@@ -60,17 +65,27 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from splitpipe.errors import SplitpipeError, check_output_dir
     from splitpipe.partition.export import export_split
     from splitpipe.partition.plan import read_plan
 
+    check_output_dir(args.out, "--out", "the export")
+    if not (args.tolerance > 0 and args.tolerance < float("inf")):
+        raise SplitpipeError(
+            f"--tolerance must be a positive number (a relative difference), got {args.tolerance}"
+        )
     plan = None
     if args.plan:
         plan = read_plan(args.plan)
         req = plan.request
         if args.model and args.model != req.model:
-            from splitpipe.errors import SplitpipeError
-
             raise SplitpipeError(f"--plan is for model {req.model!r}, not {args.model!r}")
+        stray = given_request_flags(args, allow=("model", "codec"))
+        if stray:
+            raise SplitpipeError(
+                f"--plan takes the model, link, device and server of {args.plan}, so {', '.join(stray)} would be "
+                "ignored; plan again with them, or export without --plan"
+            )
     else:
         req = request_from_args(args)
     result = export_split(

@@ -22,6 +22,25 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def given_request_flags(args: argparse.Namespace, *, allow: tuple[str, ...] = ()) -> list[str]:
+    """The model and cost arguments of ``args`` set to something other than their defaults (a
+    stored request, ``--from`` or ``--plan``, ignores them), as the user typed their names."""
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    add_cost_arguments(parser)
+    defaults = vars(parser.parse_args([]))
+    names: dict[str, str] = {}
+    for action in parser._actions:  # the first flag of each destination (--profile, not --analytic)
+        names.setdefault(
+            action.dest, action.option_strings[0] if action.option_strings else action.dest.upper()
+        )
+    return [
+        names[dest]
+        for dest, default in defaults.items()
+        if dest not in allow and hasattr(args, dest) and getattr(args, dest) not in (default, None)
+    ]
+
+
 def add_cost_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device",
@@ -224,13 +243,24 @@ def progress_bar() -> Any:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from splitpipe.errors import check_output_file
+    from splitpipe.errors import check_output_file, check_plot_file
     from splitpipe.partition.plan import make_plan, read_plan
     from splitpipe.partition.report import plot_plan, print_plan
 
-    for option, path, example in (("--json", args.json, "plan.json"), ("--plot", args.plot, "pareto.png")):
-        if path:
-            check_output_file(path, option, example)  # before planning, which can take minutes
+    # before planning, which can take minutes
+    if args.json:
+        check_output_file(args.json, "--json", "plan.json")
+    if args.plot:
+        check_plot_file(args.plot, example="pareto.png")
+    if args.replay:
+        stray = given_request_flags(args)
+        if stray:
+            from splitpipe.errors import SplitpipeError
+
+            raise SplitpipeError(
+                f"--from re-runs the request stored in {args.replay} as it is, so {', '.join(stray)} would be "
+                "ignored; drop them, or plan anew without --from"
+            )
     req = read_plan(args.replay).request if args.replay else request_from_args(args)
     import shutil
 

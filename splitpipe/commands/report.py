@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
-
-PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 def register(subparsers: Any) -> None:
@@ -29,23 +26,12 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def check_plot(path: Path) -> Path:
-    """A plot file that can be written, and matplotlib to write it: one-line errors otherwise."""
-    from splitpipe.errors import SplitpipeError, check_output_file
-
-    out = check_output_file(path, "--plot", "run.png")
-    if out.suffix.lower() not in PLOT_SUFFIXES:
-        raise SplitpipeError(f"--plot {out}: give a file ending in {', '.join(PLOT_SUFFIXES)}")
-    if importlib.util.find_spec("matplotlib") is None:
-        raise SplitpipeError("--plot needs matplotlib: pip install 'splitpipe[plot]' (or matplotlib)")
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     from splitpipe.edge.report import load_report, summary_lines
+    from splitpipe.errors import check_plot_file
 
     if args.plot is not None:
-        check_plot(args.plot)
+        check_plot_file(args.plot, example="run.png")
     data = load_report(args.report)
     if args.json:
         print(json.dumps(data["summary"], indent=2))

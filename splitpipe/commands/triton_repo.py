@@ -54,7 +54,10 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from splitpipe.errors import check_output_dir
     from splitpipe.server.triton import TritonOptions, write_repository
+
+    check_output_dir(args.repo, "--repo", "the model repository")
 
     options = TritonOptions(
         max_batch=args.max_batch,

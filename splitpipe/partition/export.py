@@ -120,6 +120,25 @@ def batchable(tail: onnx.ModelProto, feed: dict[str, np.ndarray]) -> onnx.ModelP
     return model
 
 
+#: what an export directory holds besides the files its manifest lists (a learned bottleneck's
+#: student, docs/bottleneck.md)
+_EXPORT_EXTRAS = {"manifest.json", "head.onnx", "tail.onnx", "student.onnx", "student.pt"}
+
+
+def _foreign_entries(out: Path) -> list[str]:
+    """Entries of an existing export directory that neither an export nor its manifest's
+    compiled parts account for: replacing the folder would delete them."""
+    if not (out / "manifest.json").is_file():
+        return []
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+        listed = {str(f["path"]) for f in manifest.get("files", {}).values()}
+        listed |= {str(c["path"]) for c in (manifest.get("compiled") or {}).values()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        listed = set()  # a damaged manifest: the export being written replaces it
+    return sorted(p.name for p in out.iterdir() if p.name not in _EXPORT_EXTRAS | listed)
+
+
 def export_split(
     req: PlanRequest,
     split_id: int | str,
@@ -153,6 +172,12 @@ def export_split(
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").is_file())):
         raise SplitpipeError(f"{out} exists and is not a splitpipe export directory; choose another --out")
+    foreign = _foreign_entries(out)
+    if foreign:
+        raise SplitpipeError(
+            f"{out} holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, which no export wrote, "
+            "and exporting replaces the folder; move them, or choose another --out"
+        )
     a = analysis or analyse(req)
     graph = a.graph
     by_id: dict[int | str, Cut] = {c.id: c for c in a.cuts}

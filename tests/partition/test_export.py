@@ -92,6 +92,18 @@ def test_never_overwrites_a_folder_that_is_not_an_export(tmp_path: Path) -> None
     assert json.loads((tmp_path / "again" / "manifest.json").read_text())["split"]["id"] == 2
 
 
+def test_exporting_again_keeps_files_no_export_wrote(tmp_path: Path) -> None:
+    out = tmp_path / "split"
+    export_split(REQ, 3, out)
+    export_split(REQ, 2, out)  # an export is replaced
+    (out / "notes.txt").write_text("mine")
+    (out / "extra").mkdir()
+    with pytest.raises(SplitpipeError, match=r"holds extra, notes.txt, which no export wrote"):
+        export_split(REQ, 3, out)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "extra").is_dir()
+    assert json.loads((out / "manifest.json").read_text())["split"]["id"] == 2
+
+
 def test_failed_verification_leaves_nothing(tmp_path: Path) -> None:
     # a negative tolerance cannot be met: the export must fail and write nothing
     with pytest.raises(SplitpipeError, match="above the tolerance"):

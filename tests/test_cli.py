@@ -141,3 +141,24 @@ def test_flags_a_stored_request_would_ignore_are_refused(tmp_path: Path) -> None
         "--device would be ignored",
     )
     assert not (tmp_path / "x").exists()
+
+
+def test_a_plan_of_an_onnx_file_works_from_another_folder(tmp_path: Path) -> None:
+    from tests.server.tiny_tails import relu_mean
+
+    model = relu_mean(tmp_path / "m") / "tail.onnx"
+    (tmp_path / "a").mkdir()
+    proc = splitpipe(
+        "plan",
+        "../m/tail.onnx",
+        "--input-shape",
+        "2,4,3,3",
+        "--analytic",
+        "--json",
+        "plan.json",
+        cwd=tmp_path / "a",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "a" / "plan.json").read_text())["request"]["model"] == str(model.resolve())
+    again = splitpipe("plan", "--from", str(tmp_path / "a" / "plan.json"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr

@@ -41,10 +41,16 @@ class TrainOptions:
             raise SplitpipeError(
                 "--distill-epochs must be at least 1, --finetune-epochs at least 0, --batch at least 1"
             )
-        if not 0.0 <= self.alpha <= 1.0 or self.temperature <= 0:
-            raise SplitpipeError("--alpha must be in [0, 1] and --temperature positive")
-        if self.lr <= 0 or self.finetune_lr <= 0:
-            raise SplitpipeError("learning rates must be positive")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise SplitpipeError(
+                f"--alpha must be in [0, 1] (the labels' share of the loss), got {self.alpha}"
+            )
+        if not self.temperature > 0:
+            raise SplitpipeError(f"the distillation temperature must be positive, got {self.temperature}")
+        if not (self.lr > 0 and self.finetune_lr > 0):
+            raise SplitpipeError(f"learning rates must be positive, got {self.lr} and {self.finetune_lr}")
+        if self.seed < 0:
+            raise SplitpipeError(f"--seed must be a non-negative integer, got {self.seed}")
 
 
 def _batches(n: int, size: int, gen: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from splitpipe.commands.plan import (
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plan:
         plan = read_plan(args.plan)
         req = plan.request
-        if args.model and args.model != req.model:
+        if args.model and args.model != req.model and str(Path(args.model).resolve()) != req.model:
             raise SplitpipeError(f"--plan is for model {req.model!r}, not {args.model!r}")
         stray = given_request_flags(args, allow=("model", "codec"))
         if stray:

@@ -146,6 +146,14 @@ def add_cost_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed runs before measuring")
 
 
+def _absolute(path: str | None) -> str | None:
+    """A file the request names, made absolute where it exists, so that a plan JSON still
+    finds it from another working directory (export --plan, plan --from)."""
+    from pathlib import Path
+
+    return str(Path(path).resolve()) if path and Path(path).exists() else path
+
+
 def request_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
     from splitpipe.errors import SplitpipeError
     from splitpipe.partition.load import parse_shape
@@ -164,19 +172,19 @@ def request_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
 
             raise choices("objective", o, OBJECTIVES)
     fields = dict(
-        model=args.model,
+        model=_absolute(args.model) if args.model.endswith(".onnx") else args.model,
         input_shape=parse_shape(args.input_shape) if args.input_shape else None,
-        weights=args.weights,
+        weights=_absolute(args.weights),
         device=args.device,
         server=args.server,
         link=args.link,
         codec=args.codec or "raw",
         max_error=args.max_error,
         calibration_samples=args.calibration_samples,
-        calibration_images=args.calibration_images,
+        calibration_images=_absolute(args.calibration_images),
         offload_codec=args.offload_codec,
-        device_from=args.device_from,
-        server_from=args.server_from,
+        device_from=_absolute(args.device_from),
+        server_from=_absolute(args.server_from),
         overhead_ms=args.overhead_ms,
         local_overhead_ms=args.local_overhead_ms,
         device_overhead_ms=args.device_overhead_ms,

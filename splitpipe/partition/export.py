@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ import numpy as np
 
 from splitpipe._files import sha256_file
 from splitpipe.errors import SplitpipeError, choices
+from splitpipe.names import RULE as NAME_RULE
+from splitpipe.names import valid_model_name
 from splitpipe.partition.cuts import Cut
 from splitpipe.partition.graph import Graph, random_feed
 from splitpipe.partition.load import IR_VERSION, OPSET
@@ -169,6 +172,8 @@ def export_split(
 
     from splitpipe.kernels import get_codec, parse_name
 
+    if name is not None and not valid_model_name(name):
+        raise SplitpipeError(f"--name {name!r}: a served model's name must be {NAME_RULE}")
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").is_file())):
         raise SplitpipeError(f"{out} exists and is not a splitpipe export directory; choose another --out")
@@ -445,7 +450,7 @@ def _manifest(
     return {
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
-        "name": name or f"{a.loaded.name}-{split_name}",
+        "name": name or re.sub(r"[^A-Za-z0-9._-]", "_", f"{a.loaded.name}-{split_name}")[:128],
         "model": req.model,
         "split": {"id": split_id, "label": cut.label},
         "inputs": [tensor(t) for t in graph.inputs],

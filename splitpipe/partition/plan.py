@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,11 +107,41 @@ class PlanRequest:
         if unknown:
             raise SplitpipeError(f"unknown plan request field(s) {unknown}; accepted: {sorted(known)}")
         kwargs = dict(data)
+        for f in fields(cls):
+            default = "" if f.default is MISSING else f.default  # the model spec, a string
+            if f.name in kwargs and not _of_type(kwargs[f.name], default):
+                raise SplitpipeError(
+                    f"plan request field {f.name!r} must be {_kind(default)}, got {kwargs[f.name]!r}"
+                )
         if kwargs.get("input_shape"):
             kwargs["input_shape"] = tuple(int(d) for d in kwargs["input_shape"])
         if "objectives" in kwargs:
             kwargs["objectives"] = tuple(kwargs["objectives"])
         return cls(**kwargs)
+
+
+def _of_type(value: Any, default: Any) -> bool:
+    """``value`` has the type of a field whose default is ``default`` (None: any, or None)."""
+    if default is None or value is None:
+        return default is None
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, tuple):
+        return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+    return isinstance(value, type(default))
+
+
+def _kind(default: Any) -> str:
+    names = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        tuple: "a list of strings",
+    }
+    return names.get(type(default), type(default).__name__)
 
 
 @dataclass

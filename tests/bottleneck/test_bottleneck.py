@@ -277,3 +277,17 @@ def test_an_onnx_teacher_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtur
     ]
     assert main(args) == 2
     assert "training needs a torch model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"alpha": 2.0}, r"--alpha must be in \[0, 1\] \(the labels' share of the loss\), got 2.0"),
+        ({"seed": -1}, "--seed must be a non-negative integer, got -1"),
+        ({"lr": 0.0}, "learning rates must be positive"),
+        ({"distill_epochs": 0}, "--distill-epochs must be at least 1"),
+    ],
+)
+def test_bad_training_options_are_one_line(kwargs: dict, message: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(SplitpipeError, match=message):
+        TrainOptions(**kwargs).check()

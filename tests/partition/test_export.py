@@ -128,3 +128,11 @@ def test_baselines_export_as_splits(tmp_path: Path) -> None:
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(SplitpipeError, match="accepted: 0, 1, 2, 3, local, offload"):
         export_split(REQ, "remote", tmp_path / "x")
+
+
+def test_a_name_the_server_would_refuse_is_refused_at_export(tmp_path: Path) -> None:
+    with pytest.raises(
+        SplitpipeError, match=r"--name 'a b/c': a served model's name must be 1-128 of letters"
+    ):
+        export_split(REQ, 1, tmp_path / "x", name="a b/c")
+    assert not (tmp_path / "x").exists()

@@ -179,6 +179,15 @@ def test_link_parsing() -> None:
         parse_link("0mbit,10ms")
 
 
+def test_plan_request_fields_of_the_wrong_type_are_one_line() -> None:
+    data = TINY.to_json()
+    for field, value, kind in (("repeats", "x", "an integer"), ("overhead_ms", "1", "a number"),
+                               ("objectives", "latency", "a list of strings"), ("model", 3, "a string")):  # fmt: skip
+        with pytest.raises(SplitpipeError, match=f"plan request field '{field}' must be {kind}, got"):
+            PlanRequest.from_json({**data, field: value})
+    assert PlanRequest.from_json({**data, "overhead_ms": 2}).overhead_ms == 2  # an int is a number
+
+
 def test_read_plan_errors(tmp_path: Path) -> None:
     with pytest.raises(SplitpipeError, match="not found"):
         read_plan(tmp_path / "none.json")

@@ -76,11 +76,25 @@ def run(args: argparse.Namespace) -> int:
 
     if args.frames < 10:
         raise SplitpipeError(f"--frames must be at least 10, got {args.frames}")
+    if args.window < 1:  # checked now, not after planning and exporting
+        raise SplitpipeError(f"--window must be at least 1 frame in flight, got {args.window}")
+    _terminate_cleanly()
     if args.out is not None:
         check_output_dir(args.out, "--out", "the exports and reports").mkdir(parents=True, exist_ok=True)
         return _demo(args, args.out)
     with tempfile.TemporaryDirectory(prefix="splitpipe-demo-") as tmp:
         return _demo(args, Path(tmp))
+
+
+def _terminate_cleanly() -> None:
+    """SIGTERM ends the demo as Ctrl-C does, through its cleanup: the server it started is
+    stopped and its temporary folder removed, rather than left behind."""
+    import signal
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _demo(args: argparse.Namespace, work: Path) -> int:

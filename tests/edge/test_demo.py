@@ -44,3 +44,30 @@ def test_demo_out_that_is_a_file_is_one_line(tmp_path: Path) -> None:
         == f"splitpipe demo: error: --out {afile} is a file; give a directory for the exports and reports"
     )
     assert afile.read_text() == "keep"
+
+
+def test_sigterm_stops_the_demo_and_the_server_it_started(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    import psutil
+
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "splitpipe", "demo", "--model", "tests.fixtures.models:tiny_net",
+         "--input-shape", "1,3,32,32", "--frames", "1000000", "--out", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), cwd=REPO,
+    )  # fmt: skip
+    assert demo.stdout is not None
+    for line in demo.stdout:  # the server is up once the agent streams
+        if line.startswith("[5/5]"):
+            break
+    time.sleep(1.0)
+    children = psutil.Process(demo.pid).children(recursive=True)
+    assert any("serve" in " ".join(c.cmdline()) for c in children)
+    demo.send_signal(signal.SIGTERM)
+    assert demo.wait(timeout=60) == 130
+    assert "interrupted" in demo.stderr.read() if demo.stderr else False
+    deadline = time.monotonic() + 30
+    while any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children):
+        assert time.monotonic() < deadline, [c.cmdline() for c in children if c.is_running()]
+        time.sleep(0.1)

@@ -41,7 +41,7 @@ def register(sub: Any) -> None:
         required=True,
         type=_split_id,
         metavar="ID",
-        help="candidate id from `splitpipe plan`, or a baseline: local (no tail) or offload (no head)",
+        help="candidate id from `splitpipe plan`, or a baseline: local (the whole model as the head, no tail) or offload (a pass-through head, the whole model as the tail)",
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument(

@@ -165,6 +165,22 @@ def _load_weights(module: Any, weights: Path) -> None:
         raise SplitpipeError(f"{weights}: not a readable state_dict ({_describe(exc)})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise SplitpipeError(
+            f"{weights} holds a {type(state).__name__}, not a state_dict (a dict of tensors)"
+        )
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and hasattr(state[k], "shape") and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+
+        def some(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+        parts = [f"missing {some(missing)}"] if missing else []
+        parts += [f"unexpected {some(unexpected)}"] if unexpected else []
+        parts += [f"other shapes for {some(shapes)}"] if shapes else []
+        raise SplitpipeError(f"{weights} does not fit the model: {'; '.join(parts)}")
     try:
         module.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError) as exc:

@@ -380,7 +380,10 @@ def _from_plan(path: str, side: str, req: PlanRequest, cuts: list[Cut]) -> _From
     other = read_plan(path)
     where = f"--{side}-from {path}"
     if other.model != req.model or other.request.input_shape != req.input_shape:
-        raise SplitpipeError(f"{where} is a plan of {other.model} {other.input_shape}, not of {req.model}")
+        wanted = list(req.input_shape) if req.input_shape else "its default input shape"
+        raise SplitpipeError(
+            f"{where} is a plan of {other.model} {other.input_shape}, not of {req.model} {wanted}"
+        )
     theirs = {c.id: c for c in other.candidates}
     for cut in cuts:
         c = theirs.get(cut.id)

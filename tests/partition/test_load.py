@@ -90,7 +90,14 @@ def test_weights_are_loaded(tmp_path: Path) -> None:
 
     bad = tmp_path / "bad.pt"
     torch.save({"nonsense.weight": torch.zeros(1)}, bad)
-    with pytest.raises(SplitpipeError, match="does not fit the model"):
+    with pytest.raises(
+        SplitpipeError, match=r"does not fit the model: missing .* and \d+ more; unexpected nonsense.weight"
+    ):
+        load_model("tests.fixtures.models:tiny_net", SMALL, weights=bad)
+    state = net.state_dict()
+    state["stem.0.weight"] = torch.zeros(1, 1)
+    torch.save(state, bad)
+    with pytest.raises(SplitpipeError, match=r"does not fit the model: other shapes for stem.0.weight$"):
         load_model("tests.fixtures.models:tiny_net", SMALL, weights=bad)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")

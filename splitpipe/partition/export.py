@@ -25,7 +25,7 @@ from splitpipe.names import valid_model_name
 from splitpipe.partition.cuts import Cut
 from splitpipe.partition.graph import Graph, random_feed
 from splitpipe.partition.load import IR_VERSION, OPSET
-from splitpipe.partition.plan import Analysis, Plan, PlanRequest, analyse, make_plan
+from splitpipe.partition.plan import Analysis, Plan, PlanRequest, analyse, make_plan, with_codec
 from splitpipe.partition.split import build_model, head_model, self_contained, tail_model, wire_name
 
 if TYPE_CHECKING:
@@ -197,6 +197,8 @@ def export_split(
     predicted = plan.option(split_id)
     codec_name = codec or (predicted.codec if predicted.codec != "none" else "raw")
     get_codec(codec_name)  # an unknown name fails here, listing the accepted forms
+    if not local and codec_name != predicted.codec:  # the plan predicted another codec: predict this one
+        predicted = with_codec(plan, predicted, graph, codec_name, a.loaded.preprocess)
     spec = parse_name(codec_name)
     if fold_qdq and not (spec.base == "int8" and spec.symmetric):
         raise SplitpipeError(

@@ -20,6 +20,7 @@ from splitpipe.devices.profile import DeviceProfile, load_profile
 from splitpipe.errors import SplitpipeError, choices
 from splitpipe.partition.codecs import CutCodec, check_codec_name, check_max_error, codec_for_cut
 from splitpipe.partition.cost import (
+    Link,
     Stages,
     device_energy_mj,
     end_to_end,
@@ -618,6 +619,51 @@ def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Anal
             "codec_path": _codec_path(),
         },
         planning_s=time.perf_counter() - started,
+    )
+
+
+def with_codec(
+    plan: Plan, option: Option, graph: Graph, codec: str, preprocess: dict[str, Any] | None
+) -> Option:
+    """``option`` of ``plan`` sending its cut with ``codec`` instead: the codec measured on the
+    cut's tensors for the plan's calibration inputs (bytes, error, codec times on this machine,
+    scaled to the plan's device and server as planning does), and every figure that follows
+    from them re-predicted for the plan's link; head and tail times stay the plan's."""
+    req = plan.request
+    feeds = calibration_feeds(req, graph, preprocess)
+    names = [t["name"] for t in option.tensors]
+    if option.id == "offload":
+        per_sample = [[f[t] for t in names] for f in feeds]
+    else:
+        per_sample = [[v[t] for t in names] for v in probe(graph, names, feeds)]
+    cc = codec_for_cut(codec, per_sample)
+    device, server = resolve_profile(req.device), resolve_profile(req.server)
+    here = resolve_profile("local") if {req.device, req.server} != {"local"} else device
+    enc = cc.encode_ms * (1.0 if req.device == "local" else here.mem_bandwidth_gbs / device.mem_bandwidth_gbs)
+    dec = cc.decode_ms * (1.0 if req.server == "local" else here.mem_bandwidth_gbs / server.mem_bandwidth_gbs)
+    stages = Stages(option.head_ms, enc, cc.tx_bytes, dec, option.tail_ms, option.reply_bytes)
+    times = end_to_end(stages, Link(plan.link["bandwidth_mbps"], plan.link["rtt_ms"]))
+    times["e2e_ms"] += option.overhead_ms
+    flow = pipelined(stages, times, req.window, req.device_overhead_ms)
+    return replace(
+        option,
+        codec=cc.codec,
+        codec_error=cc.rel_l2,
+        tx_bytes=cc.tx_bytes,
+        encode_ms=enc,
+        decode_ms=dec,
+        device_energy_mj=device_energy_mj(stages, times, device),
+        estimated={
+            **option.estimated,
+            "encode_ms": req.device != "local",
+            "decode_ms": req.server != "local",
+        },
+        tx_ms=times["tx_ms"],
+        rtt_ms=times["rtt_ms"],
+        reply_ms=times["reply_ms"],
+        e2e_ms=times["e2e_ms"],
+        stage_ms=flow["stage_ms"],
+        fps=flow["fps"],
     )
 
 

@@ -73,6 +73,20 @@ def test_export_uses_the_plan_predictions(tmp_path: Path) -> None:
     assert m["predictions"]["e2e_ms"] == pytest.approx(plan.candidate(2).e2e_ms)
 
 
+def test_another_codec_than_the_plans_is_predicted_for_that_codec(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    plan = make_plan(REQ)  # codec raw
+    m = export_split(REQ, 2, tmp_path / "s", plan=plan, codec="int8").manifest
+    got, raw = m["predictions"], plan.candidate(2)
+    assert m["codec"]["name"] == got["codec"] == "int8"
+    # the same figures a plan made with int8 predicts for the split (same calibration inputs)
+    want = make_plan(replace(REQ, codec="int8")).candidate(2)
+    assert got["tx_bytes"] == want.tx_bytes < raw.tx_bytes / 3
+    assert got["e2e_ms"] < raw.e2e_ms and got["codec_error"] == pytest.approx(want.codec_error)
+    assert got["head_ms"] == raw.head_ms and got["tail_ms"] == raw.tail_ms
+
+
 def test_unknown_split_id(tmp_path: Path) -> None:
     with pytest.raises(SplitpipeError, match=r"unknown split id 99; accepted: 0, 1, 2, 3"):
         export_split(REQ, 99, tmp_path / "s")

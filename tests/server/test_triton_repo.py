@@ -217,7 +217,11 @@ def test_cli(tmp_path: Path) -> None:
     for args, message in [
         ([str(tmp_path / "missing"), "--repo", str(tmp_path / "r2")], "export directory not found"),
         ([str(export), "--repo", str(tmp_path / "r3"), "--kind", "tpu"], "unknown instance kind"),
-        ([str(export), "--repo", str(export / "manifest.json")], "is not a directory"),
+        ([str(export), "--repo", str(export / "manifest.json")], "is a file; give a directory for the model"),
+        (
+            [str(export), "--repo", str(export / "manifest.json" / "sub")],
+            "manifest.json is a file, not a folder",
+        ),
     ]:
         bad = run(*args)
         assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,6 +45,35 @@ def grpc_options(options: ServerOptions) -> list[tuple[str, Any]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
+
+
+def _bind_problem(address: str) -> str | None:
+    """Why ``host:port`` cannot be listened on, found by binding it here with the socket options
+    gRPC uses (gRPC itself logs the reason and raises only "Failed to bind"); None if it can be
+    (on any of the host's addresses, as gRPC needs)."""
+    host, _, port_text = address.rpartition(":")
+    try:
+        port = int(port_text)
+        if not 0 <= port <= 65535:
+            return None  # gRPC's error tells
+        found = socket.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except ValueError:
+        return None  # not HOST:PORT (a unix: address, say)
+    except socket.gaierror as exc:
+        return f"cannot resolve {host!r} ({exc.strerror})"
+    problems = []
+    for family, kind, proto, _, sockaddr in found:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(sockaddr)
+            return None
+        except OSError as exc:
+            in_use = exc.errno == errno.EADDRINUSE
+            problems.append(f"port {port} is already in use" if in_use else str(exc.strerror))
+    return problems[0] if problems else None
 
 
 def _reflection_pool() -> Any:
@@ -178,15 +209,21 @@ async def create_server(
         reflection.enable_server_reflection(
             [SERVICE_NAME, "grpc.health.v1.Health", reflection.SERVICE_NAME], server, pool=_reflection_pool()
         )
+        # Checked here first, so that a busy port is our one line, without gRPC's log line.
+        problem = _bind_problem(address)
+        if problem is not None:
+            raise SplitpipeError(f"cannot listen on {address}: {problem}")
         try:
             if credentials is None:
                 port = server.add_insecure_port(address)
             else:
                 port = server.add_secure_port(address, credentials)
-        except RuntimeError as exc:
-            raise SplitpipeError(f"cannot listen on {address}: {exc}") from None
+        except RuntimeError as exc:  # taken meanwhile, or a problem the check above misses
+            raise SplitpipeError(f"cannot listen on {address}: {_bind_problem(address) or exc}") from None
         if port == 0:
-            raise SplitpipeError(f"cannot listen on {address} (in use, or not an address of this host)")
+            raise SplitpipeError(
+                f"cannot listen on {address}: {_bind_problem(address) or 'in use, or not an address of this host'}"
+            )
         state = ServerState()
         host = address.rpartition(":")[0].strip("[]")
         return InferenceServer(server, port, models, options, Metrics(), state, health, cluster, host), port

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,8 @@ from splitpipe._files import sha256_file
 from splitpipe.devices.runtimes import ONNX_PLATFORMS, Runner, TensorSpec, create_runner
 from splitpipe.devices.runtimes.compiled import CompiledFile, compiled_file, pick_file
 from splitpipe.errors import SplitpipeError
+from splitpipe.names import RULE as NAME_RULE
+from splitpipe.names import valid_model_name
 from splitpipe.server.datatypes import kserve_datatype
 from splitpipe.server.options import ServerOptions
 
@@ -25,7 +26,6 @@ MANIFEST_FORMAT = "splitpipe-export"
 MANIFEST_VERSIONS = (1,)
 #: the only version of each model; requests may name it or leave the version empty
 MODEL_VERSION = "1"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def _fail(directory: Path, message: str) -> SplitpipeError:
@@ -65,8 +65,8 @@ def load_manifest(directory: Path) -> dict[str, Any]:
             f"manifest version {manifest.get('version')!r} is not supported; supported: {list(MANIFEST_VERSIONS)}",
         )
     name = manifest.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise _fail(directory, f"model name {name!r} must be 1-128 of letters, digits, '.', '_', '-'")
+    if not valid_model_name(name):
+        raise _fail(directory, f"model name {name!r} must be {NAME_RULE}")
     tail = (manifest.get("files") or {}).get("tail")
     if tail is None and (manifest.get("split") or {}).get("id") == "local":
         raise _fail(directory, "a local export (the whole model runs on the device) has no tail to serve")

@@ -9,6 +9,24 @@ from splitpipe.errors import SplitpipeError
 from splitpipe.tls import ServerTls
 
 MIB = 1 << 20
+_GRPC_MAX_MESSAGE = 2**31 - 1
+
+# ServerOptions fields that `splitpipe serve` sets from a flag: the flag, and one of its units in
+# the field's (sizes are MiB on the command line, bytes here)
+_FLAGS = {
+    "max_batch": ("--max-batch", 1),
+    "instances": ("--instances", 1),
+    "max_message_bytes": ("--max-message-mb", MIB),
+    "max_tensor_bytes": ("--max-tensor-mb", MIB),
+}
+
+
+def _named(name: str, value: int) -> tuple[str, int]:
+    """How an error names the field ``name`` and the unit it counts ``value`` in: as the flag the
+    user gave (sizes in MiB), or as the field where no flag sets it or ``value`` is not in whole
+    MiB (the Python API takes bytes)."""
+    flag, unit = _FLAGS.get(name, (name, 1))
+    return (flag, unit) if value % unit == 0 else (name, 1)
 
 
 @dataclass(frozen=True)
@@ -80,23 +98,26 @@ class ServerOptions:
     use_compiled: bool = True
 
     def __post_init__(self) -> None:
-        positive = {
-            "max_batch": self.max_batch,
-            "instances": self.instances,
-            "max_message_bytes": self.max_message_bytes,
-            "max_tensor_bytes": self.max_tensor_bytes,
-            "stream_window": self.stream_window,
-        }
-        for name, value in positive.items():
+        for field_name in (
+            "max_batch",
+            "instances",
+            "max_message_bytes",
+            "max_tensor_bytes",
+            "stream_window",
+        ):
+            value = getattr(self, field_name)
             if value < 1:
-                raise SplitpipeError(f"server option {name} must be at least 1, got {value}")
+                name, unit = _named(field_name, value)
+                raise SplitpipeError(f"{name} must be at least 1, got {value // unit}")
         if self.batch_timeout_us < 0:
             raise SplitpipeError(f"batch timeout must be >= 0 microseconds, got {self.batch_timeout_us}")
         if self.threads is not None and self.threads < 1:
             raise SplitpipeError(f"threads must be at least 1 (or unset), got {self.threads}")
-        if self.max_message_bytes > 2**31 - 1:
+        if self.max_message_bytes > _GRPC_MAX_MESSAGE:
+            name, unit = _named("max_message_bytes", self.max_message_bytes)
             raise SplitpipeError(
-                f"max message size is at most 2 GiB - 1 in gRPC, got {self.max_message_bytes}"
+                f"{name} must be at most {_GRPC_MAX_MESSAGE // unit} (gRPC's limit is 2 GiB - 1 bytes), "
+                f"got {self.max_message_bytes // unit}"
             )
         if self.grace_s < 0 or self.log_interval_s < 0:
             raise SplitpipeError("grace and log interval must be >= 0 seconds")

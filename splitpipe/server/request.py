@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union, cast
@@ -37,10 +38,18 @@ _SHM_PARAMS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory
 Buffer = Union[bytes, memoryview]  # noqa: UP007 (a runtime alias on Python 3.10)
 
 
+#: longest error message sent (its middle is cut): names quoted from a request may be of any
+#: length, and gRPC clients drop a status whose message exceeds their metadata limit (16 KiB)
+MAX_MESSAGE_CHARS = 1000
+
+
 class InferError(Exception):
     """A request the server refuses: a gRPC status code and a one-line message."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        if len(message) > MAX_MESSAGE_CHARS:
+            half = MAX_MESSAGE_CHARS // 2 - 20  # leaves room for the marker
+            message = f"{message[:half]} [... {len(message) - 2 * half} characters cut ...] {message[-half:]}"
         super().__init__(message)
         self.code = code
         self.message = message
@@ -192,23 +201,27 @@ def check(request: pb.ModelInferRequest, model: TailModel, max_tensor_bytes: int
             f"model {model.name!r} has no version {version!r}; versions: {MODEL_VERSION}",
         )
     tensors = request.inputs
-    count = len(tensors)
-    inputs: list[_Input | None] = [None] * len(model.inputs)
-    positions = [0] * len(model.inputs)
+    names = [s.name for s in model.inputs]
+    if not tensors:
+        raise invalid(f"the request has no inputs; model {model.name!r} takes inputs {names}")
+    inputs: list[_Input | None] = [None] * len(names)
+    positions = [0] * len(names)
     for position, tensor in enumerate(tensors):
         index = model.input_index.get(tensor.name)
-        if index is None or inputs[index] is not None or count != len(inputs):
+        if index is None:
             raise invalid(
-                f"model {model.name!r} takes inputs {[s.name for s in model.inputs]}, "
-                f"the request has {[t.name for t in tensors]}"
+                f"model {model.name!r} takes inputs {names}, the request has {[t.name for t in tensors]}"
+            )
+        if inputs[index] is not None:
+            raise invalid(
+                f"input {tensor.name!r} appears twice in the request; model {model.name!r} takes inputs {names}"
             )
         inputs[index] = _check_input(model, index, tensor, raw, max_tensor_bytes)
         positions[index] = position
+    missing = [name for name, item in zip(names, inputs, strict=True) if item is None]
+    if missing:
+        raise invalid(f"the request lacks input(s) {missing}; model {model.name!r} takes inputs {names}")
     checked = cast("list[_Input]", inputs)
-    if not checked:
-        raise invalid(
-            f"model {model.name!r} takes inputs {[s.name for s in model.inputs]}, the request has none"
-        )
 
     if model.batchable:
         rows = checked[0].shape[0]
@@ -228,6 +241,9 @@ def check(request: pb.ModelInferRequest, model: TailModel, max_tensor_bytes: int
             raise invalid(
                 f"model {model.name!r} has no output {exc.args[0]!r}; outputs: {[s.name for s in model.outputs]}"
             ) from None
+        twice = [name for name, n in Counter(o.name for o in request.outputs).items() if n > 1]
+        if twice:
+            raise invalid(f"output {twice[0]!r} is requested twice; ask for each output once")
     return Checked(model, tuple(checked), tuple(positions), tuple(outputs), rows, key)
 
 
@@ -248,8 +264,13 @@ def _check_input(model: TailModel, index: int, tensor: Any, raw: bool, max_tenso
         known = "" if numpy_dtype(tensor.datatype) is not None else " (not a datatype this server knows)"
         raise invalid(f"input {name!r} has datatype {tensor.datatype!r}{known}, the model takes {want_type}")
     shape = tuple(tensor.shape)
+    if any(d < 1 for d in shape):
+        raise invalid(
+            f"input {name!r} has shape {_shape_text(shape)}: every dimension must be at least 1 "
+            f"(the model takes {_shape_text(spec.shape)}, -1 marking a dimension of any size)"
+        )
     if len(shape) != len(spec.shape) or not all(
-        d >= 1 and (want is None or d == want) for d, want in zip(shape, spec.shape, strict=True)
+        want is None or d == want for d, want in zip(shape, spec.shape, strict=True)
     ):
         raise invalid(
             f"input {name!r} has shape {_shape_text(shape)}, the model takes {_shape_text(spec.shape)}"

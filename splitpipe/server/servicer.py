@@ -123,6 +123,14 @@ class InferenceServicer:
         """Parse, check and queue one request: its model name and id (for an error response),
         and its outcome (a bad request gets its InferError at once)."""
         try:
+            return self._check_and_queue(data, arrived)
+        except Exception as exc:  # a bug in the checks: fail this request, keep serving (and the stream)
+            _LOGGER.exception("checking a request failed")
+            error = InferError(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+            return "", "", error
+
+    def _check_and_queue(self, data: bytes, arrived: float) -> tuple[str, str, Outcome]:
+        try:
             rest, request_id, raws = split_request(data)
         except DecodeError as exc:
             return "", "", invalid(f"the request is not a valid ModelInferRequest: {exc}")

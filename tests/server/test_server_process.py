@@ -133,6 +133,28 @@ def test_runtimes_that_cannot_serve_are_one_line(export: Path, flags: list[str],
     assert len(lines) == 1 and message in lines[0], probe.stderr
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--max-tensor-mb", "-1"], "--max-tensor-mb must be at least 1, got -1"),
+        (["--max-tensor-mb", "0"], "--max-tensor-mb must be at least 1, got 0"),
+        (["--max-message-mb", "-3"], "--max-message-mb must be at least 1, got -3"),
+        (["--max-message-mb", "2048"], "--max-message-mb must be at most 2047 (gRPC's limit"),
+        (["--max-batch", "0"], "--max-batch must be at least 1, got 0"),
+        (["--instances", "-1"], "--instances must be at least 1, got -1"),
+    ],
+)
+def test_bad_sizes_and_counts_name_the_flag_and_value_given(
+    export: Path, flags: list[str], message: str
+) -> None:
+    probe = subprocess.run(
+        [*SERVE, str(export), "--port", "0", *flags], capture_output=True, text=True, timeout=120
+    )
+    assert probe.returncode == 2
+    lines = probe.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"splitpipe serve: error: {message}"), probe.stderr
+
+
 def test_changed_tail_is_refused(export: Path) -> None:
     with (export / "tail.onnx").open("ab") as f:
         f.write(b"\0")
@@ -152,6 +174,28 @@ def test_busy_port_is_refused(export: Path, stop_later: list[subprocess.Popen[st
         timeout=120,
     )
     assert probe.returncode == 2
-    assert f"cannot listen on 127.0.0.1:{port}" in probe.stderr
+    lines = probe.stderr.strip().splitlines()
+    assert (
+        lines[-1]
+        == f"splitpipe serve: error: cannot listen on 127.0.0.1:{port}: port {port} is already in use"
+    )
+    assert not any("Failed to" in line or "add_port" in line for line in lines), probe.stderr  # gRPC's
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        ("nosuchhost.invalid", "cannot resolve 'nosuchhost.invalid'"),
+        ("192.0.2.1", "assign requested address"),
+    ],
+)
+def test_address_not_of_this_host_is_one_line(export: Path, host: str, reason: str) -> None:
+    probe = subprocess.run(
+        [*SERVE, str(export), "--host", host, "--port", "0"], capture_output=True, text=True, timeout=120
+    )
+    assert probe.returncode == 2
+    last = probe.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"splitpipe serve: error: cannot listen on {host}:0: ") and reason in last, last
+    assert "Failed to bind" not in probe.stderr

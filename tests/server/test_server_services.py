@@ -154,7 +154,17 @@ def test_two_exports_under_one_name_are_refused(tmp_path: Path) -> None:
 
 
 def test_options_are_checked() -> None:
-    with pytest.raises(SplitpipeError, match="max_batch"):
+    # named as the flags of `splitpipe serve` (docs/server.md), in their units
+    with pytest.raises(SplitpipeError, match=r"^--max-batch must be at least 1, got 0$"):
         ServerOptions(max_batch=0)
+    with pytest.raises(SplitpipeError, match=r"^--max-tensor-mb must be at least 1, got -1$"):
+        ServerOptions(max_tensor_bytes=-(1 << 20))
+    # sizes that are not whole MiB, which only the Python API can give, as the fields, in bytes
+    with pytest.raises(SplitpipeError, match=r"^max_tensor_bytes must be at least 1, got -5$"):
+        ServerOptions(max_tensor_bytes=-5)
+    with pytest.raises(SplitpipeError, match=r"^max_message_bytes must be at most 2147483647 \(gRPC"):
+        ServerOptions(max_message_bytes=2**31 + 1)
+    with pytest.raises(SplitpipeError, match=r"^stream_window must be at least 1, got 0$"):
+        ServerOptions(stream_window=0)
     with pytest.raises(SplitpipeError, match="batch timeout"):
         ServerOptions(batch_timeout_us=-1)

@@ -14,6 +14,12 @@ from tritonclient.utils import InferenceServerException
 from splitpipe.server import STAGE_PARAMS, ServerThread
 from tests.server import tiny_tails
 
+DOCS = Path(__file__).parents[2] / "docs" / "server.md"
+
+
+def _docs_section(title: str) -> str:
+    return DOCS.read_text().split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
 
 @pytest.fixture
 def client(server: ServerThread) -> Any:
@@ -72,7 +78,7 @@ def test_infer_raw_fp32_matches_onnxruntime(client: Any, exports: dict[str, Path
     assert response.id == "frame-1"
     assert response.model_name == "relu-mean"
     params = {k: v.int64_param for k, v in response.parameters.items()}
-    assert set(STAGE_PARAMS) <= set(params)
+    assert set(params) == set(STAGE_PARAMS)
     assert params["batch_size"] == 3 and params["tail_instances"] == 1
     assert all(params[k] >= 0 for k in STAGE_PARAMS)
     assert params["total_us"] >= params["tail_us"]
@@ -136,3 +142,29 @@ def test_stream_error_fails_only_that_frame(client: Any) -> None:
     assert r2 is None and "shape [1,15]" in e2.message() and "[1,16]" in e2.message()
     assert r3 is None and "unknown model 'no-such-model'" in e3.message()
     assert client.is_server_ready()
+
+
+@pytest.mark.parametrize("model", ["two-inputs", "relu-mean"])
+def test_docs_example_runs_as_written(server: ServerThread, exports: dict[str, Path], model: str) -> None:
+    code = _docs_section("Using tritonclient against it").split("```python\n", 1)[1].split("```", 1)[0]
+    assert code.count('"localhost:8001"') == 1 and code.count('"resnet50-s12"') == 1
+    code = code.replace('"localhost:8001"', f'"127.0.0.1:{server.port}"').replace(
+        '"resnet50-s12"', f'"{model}"'
+    )
+    names: dict[str, Any] = {}
+    exec(code, names)  # the example reads every name from the server's metadata
+    feed = {
+        t.name(): np.zeros(t.shape(), np.float16 if t.datatype() == "FP16" else np.float32)
+        for t in names["inputs"]
+    }
+    assert sorted(feed) == sorted(s.name for s in server.server.models[model].inputs)  # type: ignore[union-attr]
+    want = tiny_tails.run_tail(exports[model], feed)
+    assert sorted(names["outputs"]) == sorted(want)
+    for name, array in want.items():
+        np.testing.assert_array_equal(names["outputs"][name], array)
+    assert set(names["stages"]) == set(STAGE_PARAMS)
+
+
+def test_docs_list_every_response_parameter() -> None:
+    rows = [line for line in _docs_section("What a response carries").splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == list(STAGE_PARAMS)

@@ -98,16 +98,26 @@ def _two_inputs(a_shape: tuple[int, ...], b_shape: tuple[int, ...], raws: int = 
     return request
 
 
+def _edited(request: Any, edit: Callable[[Any], Any]) -> Any:
+    edit(request)
+    return request
+
+
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 
 BAD_REQUESTS: dict[str, tuple[Callable[[], Any], grpc.StatusCode, list[str]]] = {
     "wrong shape": (lambda: _plain(shape=(1, 4, 3, 4)), INVALID, ["shape [1,4,3,4]", "[-1,4,3,3]"]),
     "wrong rank": (lambda: _plain(shape=(4, 3, 3)), INVALID, ["shape [4,3,3]"]),
-    "zero or negative dimension": (
+    "negative dimension": (
         lambda: _plain(shape=(-1, 4, 3, 3), raw=b""),
         INVALID,
-        ["shape [-1,4,3,3]"],
+        ["shape [-1,4,3,3]: every dimension must be at least 1", "-1 marking a dimension of any size"],
+    ),
+    "zero dimension": (
+        lambda: _plain(shape=(1, 4, 0, 3), raw=b""),
+        INVALID,
+        ["shape [1,4,0,3]: every dimension must be at least 1"],
     ),
     "wrong dtype": (lambda: _plain(datatype="FP64", raw=b"\0" * 288), INVALID, ["'FP64'", "takes FP32"]),
     "unknown datatype": (lambda: _plain(datatype="FLOAT"), INVALID, ["'FLOAT'", "not a datatype"]),
@@ -127,6 +137,61 @@ BAD_REQUESTS: dict[str, tuple[Callable[[], Any], grpc.StatusCode, list[str]]] = 
         lambda: wire.make_request("gemm", {"z": np.zeros((1, 16), np.float32)}),
         INVALID,
         ["takes inputs ['x']", "['z']"],
+    ),
+    "no inputs": (
+        lambda: pb.ModelInferRequest(model_name="two-inputs"),
+        INVALID,
+        ["the request has no inputs; model 'two-inputs' takes inputs ['a', 'b']"],
+    ),
+    "no inputs, fixed batch": (
+        lambda: pb.ModelInferRequest(model_name="gemm"),
+        INVALID,
+        ["the request has no inputs; model 'gemm' takes inputs ['x']"],
+    ),
+    "raw contents but no inputs": (
+        lambda: pb.ModelInferRequest(model_name="relu-mean", raw_input_contents=[b"\0" * 144]),
+        INVALID,
+        ["the request has no inputs"],
+    ),
+    "an input missing": (
+        lambda: _edited(_two_inputs((1, 4), (1, 2)), lambda r: r.inputs.pop()),
+        INVALID,
+        ["the request lacks input(s) ['b']; model 'two-inputs' takes inputs ['a', 'b']"],
+    ),
+    "an input name twice": (
+        lambda: _edited(_two_inputs((1, 4), (1, 2)), lambda r: setattr(r.inputs[1], "name", "a")),
+        INVALID,
+        ["input 'a' appears twice in the request"],
+    ),
+    "an input declared twice": (
+        lambda: _edited(_plain(), lambda r: r.inputs.add().CopyFrom(r.inputs[0])),
+        INVALID,
+        ["input 'x' appears twice in the request; model 'relu-mean' takes inputs ['x']"],
+    ),
+    "more raw contents than inputs": (
+        lambda: _edited(_plain(), lambda r: r.raw_input_contents.append(b"\0" * 144)),
+        INVALID,
+        ["2 raw_input_contents for 1 inputs"],
+    ),
+    "no raw contents for an FP16 input": (
+        lambda: _two_inputs((1, 4), (1, 2), raws=0),
+        INVALID,
+        ["input 'b': FP16 tensors must travel in raw_input_contents"],
+    ),
+    "neither raw nor typed contents": (
+        lambda: _edited(_plain(model="gemm", shape=(1, 16)), lambda r: r.ClearField("raw_input_contents")),
+        INVALID,
+        ["0 values in contents.fp32_contents, shape [1,16] takes 16"],
+    ),
+    "an output requested twice": (
+        lambda: _edited(_plain(), lambda r: r.outputs.add(name="mean") and r.outputs.add(name="mean")),
+        INVALID,
+        ["output 'mean' is requested twice"],
+    ),
+    "a huge name": (
+        lambda: _plain(model="m" * 200_000),
+        NOT_FOUND,
+        ["unknown model 'mmm", "characters cut", "served models: gemm, relu-mean, two-inputs"],
     ),
     "raw count differs from inputs": (
         lambda: _two_inputs((1, 4), (1, 2), raws=1),
@@ -197,6 +262,21 @@ def test_bad_request_gets_a_clear_status(stub: Any, case: str) -> None:
     # and the server keeps serving
     good = stub.ModelInfer(wire.make_request("gemm", {"x": np.zeros((1, 16), np.float32)}), timeout=30)
     assert wire.outputs(good)["y"].shape == (1, 8)
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_stream_answers_a_bad_request_and_goes_on(stub: Any, case: str) -> None:
+    make, code, fragments = BAD_REQUESTS[case]
+    requests = [wire.make_request("gemm", {"x": np.full((1, 16), i, np.float32)}) for i in range(3)]
+    requests[1] = make()
+    for i, request in enumerate(requests):
+        request.id = f"frame-{i}"
+    responses = list(stub.ModelStreamInfer(iter(requests), timeout=30))
+    assert [r.infer_response.id for r in responses] == ["frame-0", "frame-1", "frame-2"]
+    assert [bool(r.error_message) for r in responses] == [False, True, False]
+    assert all(f in responses[1].error_message for f in fragments), responses[1].error_message
+    assert responses[1].infer_response.parameters["error_code"].string_param == code.name
+    assert len(responses[1].error_message) <= 1000
 
 
 def test_stream_reports_each_bad_frame_and_goes_on(stub: Any, exports: dict[str, Path]) -> None:

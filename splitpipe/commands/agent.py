@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,8 @@ def register(subparsers: Any) -> None:
             "Capture frames, run the head of an export with ONNX Runtime, compress the cut tensors "
             "with the manifest's codec and stream them over one gRPC stream to `splitpipe serve`, "
             "with a window of frames in flight. Runs until --frames, the end of the source, or "
-            "SIGTERM/SIGINT, then finishes the frames in flight and exits 0. A `local` export runs "
-            "the whole model here, with no server. See docs/agent.md."
+            "SIGTERM/SIGINT, then finishes the frames in flight and exits 0 (1 if frames got no "
+            "reply). A `local` export runs the whole model here, with no server. See docs/agent.md."
         ),
     )
     parser.add_argument(
@@ -177,15 +178,25 @@ def run(args: argparse.Namespace) -> int:
     report = asyncio.run(agent.run(handle_signals=True))
     for line in report.lines():
         print(line)
-    heads = report.info.get("head")
-    for head in heads if isinstance(heads, list) else [heads]:
+    heads, names = report.info["head"], report.info["name"]
+    if not isinstance(heads, list):  # one export
+        heads, names = [heads], [None]
+    for head, name in zip(heads, names, strict=True):  # with several: one line per compiled head
         if head and head.get("compiled"):
             c = head["compiled"]
-            print(f"head: the compiled {head['file']} ({c['target']}, {c['precision']})")
+            runs = f"{name} runs " if name else ""
+            print(f"head: {runs}the compiled {head['file']} ({c['target']}, {c['precision']})")
     if args.report:
         print(f"report written to {args.report}")
     if args.plot is not None:
         from splitpipe.edge.plot import plot_report
 
         print(f"plot written to {plot_report(report.to_json(), args.plot)}")
+    if report.lost:
+        print(
+            f"splitpipe agent: {report.lost} frame(s) lost: no reply before the end "
+            "(--drain-timeout passed, or a second signal abandoned them)",
+            file=sys.stderr,
+        )
+        return 1
     return 0

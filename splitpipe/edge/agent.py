@@ -179,7 +179,6 @@ class Agent:
     # -- run --------------------------------------------------------------------------------------
     async def run(self, handle_signals: bool = False) -> Report:
         from splitpipe.devices.meters import detect_meter
-        from splitpipe.devices.runtimes import create_runner
 
         opts = self.options
         self._loop = asyncio.get_running_loop()
@@ -194,7 +193,30 @@ class Agent:
 
             profile = load_profile(opts.device_profile)
         energy = EnergyShares(detect_meter(profile))
+        started: list[float] = []  # when streaming began, once it did
+        try:
+            await self._stream(energy, started)
+        except BaseException:
+            if started and self._captured and opts.report is not None:
+                # the frames done before the error were measured: their report is not lost
+                self._report(started[0], energy).write(opts.report)
+                _LOGGER.warning(
+                    "the run ended with an error; the report of its %d frame(s) is in %s",
+                    self._captured,
+                    opts.report,
+                )
+            raise
+        report = self._report(started[0], energy)
+        if opts.report is not None:
+            report.write(opts.report)
+        return report
 
+    async def _stream(self, energy: EnergyShares, started: list[float]) -> None:
+        """Load the heads, open the source, connect, then run the frames until the end and drain;
+        appends the time streaming began to ``started``."""
+        from splitpipe.devices.runtimes import create_runner
+
+        opts = self.options
         connector: asyncio.Task[None] | None = None  # connecting while frames already run locally
         with contextlib.ExitStack() as stack:
             runners = [
@@ -229,7 +251,7 @@ class Agent:
                 else:
                     await self._client.start(abort=self._stop_async)
             energy.start()
-            started = time.perf_counter()
+            started.append(time.perf_counter())
             worker = None
             if self.head_thread:
                 worker = threading.Thread(
@@ -260,7 +282,8 @@ class Agent:
                 energy.stop()
         if self._worker_error is not None:
             raise self._worker_error
-        ended = time.perf_counter()
+
+    def _report(self, started: float, energy: EnergyShares) -> Report:
         client = self._client
         counts = {
             "captured": self._captured,
@@ -270,12 +293,12 @@ class Agent:
             "resent": client.resent if client else 0,
             "reconnects": client.reconnects if client else 0,
             "duplicate_replies": client.duplicates if client else 0,
+            "unreadable_inputs": self.source.unreadable,
             "frames_in_report": len(self.records),
         }
-        report = Report(list(self.records), self._info(), counts, energy.to_json(), started, ended)
-        if opts.report is not None:
-            report.write(opts.report)
-        return report
+        return Report(
+            list(self.records), self._info(), counts, energy.to_json(), started, time.perf_counter()
+        )
 
     def _info(self) -> dict[str, Any]:
         e = self.export
@@ -514,7 +537,7 @@ class Agent:
     def _on_reply(self, entry: Pending, message: Any, arrived: float) -> None:
         prepared: _Prepared = entry.context
         record = prepared.record
-        record.rtt_ms = (arrived - entry.sent_at) * 1e3
+        record.rtt_ms = None if entry.refused else (arrived - entry.sent_at) * 1e3
         record.sends = entry.sends
         reply = self.readers[prepared.option].parse(message)
         record.server = reply.server
@@ -576,8 +599,9 @@ class Agent:
                 )
             finally:
                 abort.cancel()
-        if sender.done() and not sender.cancelled() and sender.exception() is not None:
-            raise sender.exception()  # type: ignore[misc]
+        # the frames in flight are drained before a failed sender's error is raised (a source that
+        # failed, a frame that can never be sent): they were captured, they get their results
+        error = sender.exception() if sender.done() and not sender.cancelled() else None
         client = self._client
         if client is not None:
             if client.in_flight:
@@ -586,12 +610,15 @@ class Agent:
             if not await client.drain(remaining, self._abort_async):
                 left = len(client.abandon())
                 _LOGGER.warning("%d frame(s) got no reply before shutdown; reported lost", left)
+        if error is not None:
+            raise error
 
     async def _log_lines(self) -> None:
         while True:
             await asyncio.sleep(self.options.log_interval_s)
             in_flight = self._client.in_flight if self._client else 0
-            _LOGGER.info("%s: %s", self.export.name, self._log.line(in_flight))
+            label = "adaptive" if self.chooser is not None else self.export.name
+            _LOGGER.info("%s: %s", label, self._log.line(in_flight))
 
 
 def _check_alternatives(exports: list[EdgeExport]) -> None:

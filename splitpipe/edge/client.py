@@ -7,6 +7,14 @@ breaks, the client reconnects with a doubling backoff on a fresh channel and res
 every frame whose reply had not arrived: no frame is lost, and each is answered once (a reply
 for a frame no longer pending is dropped and counted).
 
+A frame that can never be sent is not retried: one over the agent's own message limit is not
+written at all, and one the server refuses as too large (gRPC ends the stream with
+RESOURCE_EXHAUSTED, or, when the refusal races our write, with another status: then a frame
+that was the largest unanswered one on :data:`TOO_LARGE_STRIKES` streams in a row that broke,
+other than UNAVAILABLE, as a server or link that went away ends them) is answered with an
+error reply naming the limit. While no frame has got through, such a
+frame ends the client with a SplitpipeError: none will get through.
+
 Requests and replies travel as bytes (no serializer): the agent builds requests itself
 (:mod:`splitpipe.edge.wire`) and parses replies where it records them.
 """
@@ -35,6 +43,12 @@ from splitpipe.tls import is_handshake_failure
 _LOGGER = logging.getLogger(__name__)
 
 STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
+#: streams that broke, in a row, while a frame was the largest unanswered on them, before the
+#: frame is taken to be what breaks them (too large for the server) and not resent again
+TOO_LARGE_STRIKES = 3
+# gRPC's words when a message is over a limit: SERVER (our request) or CLIENT (its reply)
+_TOO_LARGE = re.compile(r"(SERVER|CLIENT): Received message larger than max \((\d+) vs\. (\d+)\)")
+_MIB = 1 << 20
 
 
 @dataclass(eq=False, slots=True)
@@ -47,6 +61,8 @@ class Pending:
     sent_at: float = 0.0  # perf_counter of the latest write
     stream: int = -1  # the stream it was last written to
     sends: int = 0
+    strikes: int = 0  # streams that broke with it the largest unanswered frame on them
+    refused: str | None = None  # why it can never be sent (it was answered with this error)
 
 
 class StreamClient:
@@ -74,6 +90,8 @@ class StreamClient:
         self.reconnects = 0  # streams opened after the first
         self.resent = 0  # frames written again after a stream broke
         self.duplicates = 0  # replies for frames no longer pending
+        self.replies = 0  # replies matched to a pending frame
+        self.server_limit: int | None = None  # the server's message limit, once it refused one
         self._pending: dict[str, Pending] = {}
         self._window = asyncio.Semaphore(self.options.window)
         self._write_lock = asyncio.Lock()
@@ -118,7 +136,14 @@ class StreamClient:
 
     async def send(self, frame_id: str, data: bytes, context: Any = None) -> None:
         """Wait for a window slot, then write the frame (it is resent after a reconnect until
-        its reply arrives)."""
+        its reply arrives). A frame over a message limit is answered at once with an error
+        reply, unsent; raises SplitpipeError if no frame has got through yet."""
+        reason = self._over_limit(frame_id, len(data))
+        if reason is not None:
+            self._refuse(Pending(frame_id, data, context), reason)
+            if self._failure is not None:
+                raise self._failure
+            return
         await self._window.acquire()
         if self._failure is not None:
             self._window.release()
@@ -294,10 +319,20 @@ class StreamClient:
             if self._closing and not self._pending:
                 return
             self._connected.clear()
+            code, details = await _status(self._call)
+            if error is not None:
+                why = _describe(error)
+            elif code not in (None, grpc.StatusCode.OK):
+                why = f"{code.name}: {details.splitlines()[0] if details else ''}"
+            else:
+                why = "server ended the stream"
+            self._refuse_too_large(why, code, details, self._stream)
+            if self._failure is not None:
+                return
             _LOGGER.warning(
                 "stream to %s broke (%s); reconnecting, %d frame(s) to resend",
                 self.address,
-                _describe(error) if error else "server ended the stream",
+                why,
                 len(self._pending),
             )
             try:
@@ -308,6 +343,76 @@ class StreamClient:
             self.reconnects += 1
             self._open_stream()
             resend = True
+
+    def _over_limit(self, frame_id: str, size: int) -> str | None:
+        """Why a request of ``size`` bytes cannot be sent, or None."""
+        own, server = self.options.max_message_bytes, self.server_limit
+        if size > own:
+            return (
+                f"frame {frame_id} is {_size(size)}, over this agent's message limit of {_size(own)} "
+                "(--max-message-mb)"
+            )
+        if server is not None and size > server:
+            return (
+                f"frame {frame_id} is {_size(size)}, over the server's message limit of {_size(server)} "
+                "(splitpipe serve --max-message-mb)"
+            )
+        return None
+
+    def _refuse(self, entry: Pending, reason: str) -> None:
+        """``entry`` can never be sent: answer it with an error reply (not resent). While no
+        frame has got through, none will: the client fails."""
+        entry.refused = reason
+        if self._pending.pop(entry.id, None) is not None:
+            if not self._pending:
+                self._empty.set()
+            self._window.release()
+        reply = pb.ModelStreamInferResponse(error_message=reason)
+        reply.infer_response.id = entry.id
+        self.on_reply(entry, reply, time.perf_counter())
+        if not self.replies and self._failure is None:
+            self._fail(
+                SplitpipeError(
+                    f"{reason}; no frame got through: raise that limit, or send less (another split or codec)"
+                )
+            )
+
+    def _refuse_too_large(self, why: str, code: Any, details: str, stream: int) -> None:
+        """After the stream ``stream`` broke (``why``; ``code``, ``details``: its final status):
+        fail the frames that broke it by being too large."""
+        written = [p for p in self._pending.values() if p.stream == stream]
+        match = _TOO_LARGE.search(why) or _TOO_LARGE.search(details)  # the reader's or the call's
+        if match and match[1] == "SERVER":
+            limit = int(match[3])
+            self.server_limit = min(limit, self.server_limit or limit)
+            for entry in list(self._pending.values()):
+                reason = self._over_limit(entry.id, len(entry.data))
+                if reason is not None:
+                    self._refuse(entry, reason)
+            return
+        if match and written:  # a reply over our limit: replies come in request order
+            self._refuse(
+                written[0],
+                f"the reply to frame {written[0].id} is {_size(int(match[2]))}, over this agent's "
+                f"message limit of {_size(int(match[3]))} (--max-message-mb)",
+            )
+            return
+        if not written or code == grpc.StatusCode.UNAVAILABLE:
+            return  # the server or the link went away: reconnect and resend
+        # the refusal raced our write (INTERNAL, or the stream just ended): the largest frame
+        # unanswered is the suspect; a frame that is so on several breaks in a row breaks them
+        suspect = max(written, key=lambda p: len(p.data))
+        suspect.strikes += 1
+        for entry in written:
+            if entry is not suspect:
+                entry.strikes = 0
+        if suspect.strikes >= TOO_LARGE_STRIKES:
+            self._refuse(
+                suspect,
+                f"the stream broke each of the {suspect.strikes} times frame {suspect.id} "
+                f"({_size(len(suspect.data))}) was sent ({why}); it is most likely over the server's "
+                "message limit (splitpipe serve --max-message-mb)",
+            )
 
     def _fail(self, exc: BaseException) -> None:
         """A reconnect that cannot succeed (the model is gone): unblock senders and the drain;
@@ -357,6 +462,7 @@ class StreamClient:
             if entry is None:
                 self.duplicates += 1
                 continue
+            self.replies += 1
             if not pending:
                 self._empty.set()
             self._window.release()
@@ -387,6 +493,24 @@ def _closed_hint(options: ClientOptions) -> str:
     if tls.cert is None:
         return "; if the server asks for client certificates (--tls-client-ca), give --tls-cert and --tls-key"
     return "; a server with --tls-client-ca closes connections whose client certificate its CA did not sign"
+
+
+async def _status(call: Any) -> tuple[Any, str]:
+    """The final status of a call that broke: code and details (None, "" if it has none soon)."""
+    if call is None:
+        return None, ""
+    try:
+        code = await asyncio.wait_for(call.code(), 1.0)
+        return code, await call.details() or ""
+    except (asyncio.TimeoutError, grpc.RpcError):
+        return None, ""
+
+
+def _size(n: int) -> str:
+    """A message size for messages: whole MiB as such, else MiB from 1 MiB, else bytes."""
+    if n % _MIB == 0:
+        return f"{n // _MIB} MiB"
+    return f"{n / _MIB:.2f} MiB" if n >= _MIB else f"{n:,} bytes"
 
 
 def _describe(exc: BaseException) -> str:

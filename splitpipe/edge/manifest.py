@@ -8,6 +8,7 @@ Only numpy and the standard library are needed here; the device never reads tail
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,15 +36,94 @@ def _specs(
     if not isinstance(entries, list) or (not entries and not allow_empty):
         raise _fail(directory, f"manifest field {key!r} must be a non-empty list of tensors")
     specs = []
-    for entry in entries:
+    for i, entry in enumerate(entries):
+        where = f"manifest field {key}[{i}]"
+        if not isinstance(entry, dict) or not all(k in entry for k in ("name", "dtype", "shape")):
+            raise _fail(directory, f"{where} must be an object with name, dtype and shape; got {entry!r}")
+        name, dtype, shape = entry["name"], entry["dtype"], entry["shape"]
+        if not isinstance(name, str) or not name:
+            raise _fail(directory, f"{where}.name must be a non-empty string, got {name!r}")
         try:
-            shape = tuple(None if d is None else int(d) for d in entry["shape"])
-            specs.append(TensorSpec(str(entry["name"]), np.dtype(entry["dtype"]), shape))
-        except (KeyError, TypeError, ValueError) as exc:
+            if not isinstance(dtype, str):
+                raise TypeError
+            np_dtype = np.dtype(dtype)
+        except (TypeError, ValueError):
             raise _fail(
-                directory, f"manifest {key!r} entry {entry!r} is not {{name, dtype, shape}} ({exc})"
+                directory, f"{where}.dtype must name a numpy dtype such as 'float32', got {dtype!r}"
             ) from None
+        if not isinstance(shape, list) or not all(d is None or _count(d) for d in shape):
+            raise _fail(
+                directory,
+                f"{where}.shape must be a list of non-negative integers (null: a free dimension), got {shape!r}",
+            )
+        specs.append(TensorSpec(name, np_dtype, tuple(shape)))
     return tuple(specs)
+
+
+def _count(value: Any) -> bool:
+    """A non-negative integer (JSON's true and false are not)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _number(value: Any) -> bool:
+    """A finite JSON number (not true or false)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _object(directory: Path, manifest: dict[str, Any], key: str) -> dict[str, Any]:
+    """``manifest[key]`` when it is an object, {} when it is absent or null; else an error."""
+    value = manifest.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(directory, f"manifest field {key!r} must be an object or null, got {value!r}")
+    return value
+
+
+def _check_preprocess(directory: Path, pre: dict[str, Any]) -> None:
+    layout = pre.get("layout", "NCHW")
+    if not isinstance(layout, str):
+        raise _fail(
+            directory, f"manifest field preprocess.layout must be a string such as 'NCHW', got {layout!r}"
+        )
+    size = pre.get("size")
+    if size is not None and not (
+        isinstance(size, list) and len(size) == 2 and all(_count(d) and d > 0 for d in size)
+    ):
+        raise _fail(
+            directory, f"manifest field preprocess.size must be [height, width] in pixels, got {size!r}"
+        )
+    for key in ("mean", "std"):
+        values = pre.get(key)
+        if values is not None and not (
+            isinstance(values, list) and values and all(_number(v) for v in values)
+        ):
+            raise _fail(
+                directory,
+                f"manifest field preprocess.{key} must be a list of numbers (one per channel), got {values!r}",
+            )
+
+
+def _check_predictions(directory: Path, planned: dict[str, Any]) -> None:
+    """The plan's figures the agent starts adapting from: numbers or null."""
+    for key in ("decode_ms", "tail_ms"):
+        value = planned.get(key)
+        if value is not None and not (_number(value) and value >= 0):
+            raise _fail(
+                directory, f"manifest field predictions.{key} must be a number >= 0 or null, got {value!r}"
+            )
+    link = planned.get("link")
+    if link is None:
+        return
+    if not isinstance(link, dict):
+        raise _fail(directory, f"manifest field predictions.link must be an object or null, got {link!r}")
+    for key in ("bandwidth_mbps", "rtt_ms"):
+        value = link.get(key)
+        if value is not None and not (_number(value) and value >= 0):
+            raise _fail(
+                directory,
+                f"manifest field predictions.link.{key} must be a number >= 0 or null, got {value!r}",
+            )
 
 
 @dataclass(frozen=True)
@@ -128,8 +208,8 @@ def export_from_manifest(directory: Path, manifest: Any) -> EdgeExport:
     if not isinstance(name, str) or not name:
         raise _fail(directory, "manifest field 'name' must be a non-empty string")
 
-    files = manifest.get("files")
-    head = files.get("head") if isinstance(files, dict) else None
+    files = _object(directory, manifest, "files")
+    head = files.get("head")
     if (
         not isinstance(head, dict)
         or not isinstance(head.get("path"), str)
@@ -149,10 +229,16 @@ def export_from_manifest(directory: Path, manifest: Any) -> EdgeExport:
             "the file was changed or corrupted, export again",
         )
 
-    split = manifest.get("split")
-    split = split if isinstance(split, dict) else {}
-    has_tail = isinstance(files, dict) and "tail" in files
-    local = split.get("id") == "local" or not has_tail
+    split = _object(directory, manifest, "split")
+    split_id, label = split.get("id"), split.get("label", "")
+    if not (split_id is None or isinstance(split_id, str) or _count(split_id)) or not isinstance(label, str):
+        raise _fail(
+            directory,
+            f"manifest field split must give an id (a number, 'local' or 'offload') and a label (a string); "
+            f"got {split!r}",
+        )
+    has_tail = "tail" in files
+    local = split_id == "local" or not has_tail
     inputs = _specs(directory, manifest, "inputs")
     cut = _specs(directory, manifest, "cut", allow_empty=local)
     outputs = _specs(directory, manifest, "outputs")
@@ -163,7 +249,7 @@ def export_from_manifest(directory: Path, manifest: Any) -> EdgeExport:
     if not isinstance(codec, dict) or not isinstance(codec.get("name"), str):
         raise _fail(directory, "manifest field codec must be an object with a 'name'")
     calibration = codec.get("calibration") or {}
-    if not isinstance(calibration, dict):
+    if not isinstance(calibration, dict) or not all(isinstance(c, dict) for c in calibration.values()):
         raise _fail(directory, "manifest field codec.calibration must map cut tensor names to scales")
     unknown = sorted(set(calibration) - {t.name for t in cut})
     if unknown:
@@ -171,6 +257,16 @@ def export_from_manifest(directory: Path, manifest: Any) -> EdgeExport:
     preprocess = manifest.get("preprocess")
     if preprocess is not None and not isinstance(preprocess, dict):
         raise _fail(directory, "manifest field preprocess must be an object or null")
+    if preprocess is not None:
+        _check_preprocess(directory, preprocess)
+    _check_predictions(directory, _object(directory, manifest, "predictions"))
+    compiled = _object(directory, manifest, "compiled").get("head")
+    if isinstance(compiled, dict):
+        for key in ("from", "error"):
+            if compiled.get(key) is not None and not isinstance(compiled[key], dict):
+                raise _fail(
+                    directory, f"manifest field compiled.head.{key} must be an object, got {compiled[key]!r}"
+                )
     export = EdgeExport(
         directory=directory,
         name=name,

@@ -50,6 +50,8 @@ class SourceSpec:
             raise SplitpipeError(f"source {self.kind} takes no argument, got {self.target!r}")
         if wants is not None and not self.target:
             raise SplitpipeError(f"source {self.kind} needs {wants}; accepted: {SOURCE_FORMS}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise SplitpipeError(f"--seed must be a non-negative integer, got {self.seed!r}")
         if self.kind == "camera":
             try:
                 index = int(str(self.target))

@@ -223,7 +223,8 @@ class EnergyShares:
 
 
 class IntervalLog:
-    """One log line per interval: fps and latency percentiles of the frames finished in it."""
+    """One log line per interval: fps and latency percentiles of the frames finished in it (and,
+    when the agent adapts among several exports, how many ran through each)."""
 
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
@@ -231,12 +232,15 @@ class IntervalLog:
         self._rtt: list[float] = []
         self._frames = 0
         self._failed = 0
+        self._splits: dict[str, int] = {}
         self._since = time.perf_counter()
 
     def add(self, record: FrameRecord) -> None:
         if self.interval_s <= 0:  # no log lines: keep nothing (a daemon's lists would only grow)
             return
         self._frames += 1
+        if record.split is not None:
+            self._splits[record.split] = self._splits.get(record.split, 0) + 1
         if record.error is not None:
             self._failed += 1
             return
@@ -258,7 +262,10 @@ class IntervalLog:
         text += f", {in_flight} in flight"
         if self._failed:
             text += f", {self._failed} failed"
+        if self._splits:
+            text += ", frames by split: " + ", ".join(f"{k} {n}" for k, n in self._splits.items())
         self._e2e, self._rtt, self._frames, self._failed, self._since = [], [], 0, 0, now
+        self._splits = {}
         return text + " (measured)"
 
 
@@ -317,8 +324,11 @@ class Report:
                 "stages_fps": {k: round(v, 3) for k, v in capacity.items()},
                 "stage_ms": {k: round(float(np.mean(v)), 4) for k, v in busy.items() if v},
             }
-        tx = [r.tx_bytes for r in ok if r.path == "remote"]
-        payload = [r.payload_bytes for r in ok if r.path == "remote"]
+        # over every completed frame, local ones sending 0 bytes (as the latencies cover them all);
+        # bytes_per_remote_frame: over the frames that crossed the link
+        tx = [r.tx_bytes for r in ok]
+        payload = [r.payload_bytes for r in ok]
+        remote_tx = [r.tx_bytes for r in ok if r.path == "remote"]
         energy = [r.energy_mj for r in ok if r.energy_mj is not None]
         return {
             **self.counts,
@@ -326,6 +336,7 @@ class Report:
             "fps": round(fps, 3),
             "bytes_per_frame": round(float(np.mean(tx)), 1) if tx else 0.0,
             "payload_bytes_per_frame": round(float(np.mean(payload)), 1) if payload else 0.0,
+            "bytes_per_remote_frame": round(float(np.mean(remote_tx)), 1) if remote_tx else None,
             "latency": stages,
             "bound": bound,
             "achieved_fraction": round(fps / bound["fps"], 4) if bound and bound["fps"] > 0 else None,
@@ -361,6 +372,7 @@ def summary_lines(s: dict[str, Any], info: dict[str, Any]) -> list[str]:
     out = [
         f"{s['completed']} frames in {s['duration_s']:.1f} s: {s['fps']:.1f} fps (measured); "
         f"{s['failed']} failed, {s['lost']} lost, {s['resent']} resent after {s['reconnects']} reconnect(s)"
+        + (f"; {s['unreadable_inputs']} unreadable input(s) skipped" if s.get("unreadable_inputs") else "")
     ]
 
     def p(key: str) -> str:
@@ -377,9 +389,11 @@ def summary_lines(s: dict[str, Any], info: dict[str, Any]) -> list[str]:
         ]
     out.append("latency ms: " + ", ".join(parts))
     if remote:
-        out.append(
-            f"bytes per frame: {s['bytes_per_frame']:,.0f} (payload {s['payload_bytes_per_frame']:,.0f})"
-        )
+        line = f"bytes per frame: {s['bytes_per_frame']:,.0f} (payload {s['payload_bytes_per_frame']:,.0f})"
+        per_remote = s.get("bytes_per_remote_frame")
+        if info.get("path") == "adaptive" and per_remote is not None:
+            line += f"; {per_remote:,.0f} per remote frame"
+        out.append(line)
     if s["bound"]:
         b = s["bound"]
         limit = info.get("fps_limit")

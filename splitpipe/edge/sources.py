@@ -43,6 +43,9 @@ def _concrete(spec: TensorSpec) -> tuple[int, ...]:
 class Source(abc.ABC):
     """Yields feeds for the head; use as a context manager."""
 
+    #: inputs that could not be read and were skipped (an image file that does not decode)
+    unreadable = 0
+
     def __enter__(self) -> Source:
         self.open()
         return self
@@ -155,7 +158,9 @@ class _ImageInput:
 
 
 class ImageSource(Source):
-    """The image files of a directory, in name order (Pillow)."""
+    """The image files of a directory, in name order (Pillow). A file that does not decode is
+    skipped with one warning (counted in :attr:`unreadable`); a folder of which no file decodes
+    is an error."""
 
     def __init__(
         self,
@@ -169,6 +174,8 @@ class ImageSource(Source):
         self.image = _ImageInput(inputs, preprocess, "images")
         self.files: list[Path] = []
         self._next = 0
+        self._decoded = False  # some file decoded
+        self._warned: dict[Path, str] = {}  # the files skipped, and why
 
     def open(self) -> None:
         try:
@@ -188,22 +195,36 @@ class ImageSource(Source):
             )
 
     def read(self) -> Feed | None:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
-        if self._next >= len(self.files):
-            if not self.loop:
-                return None
-            self._next = 0
-        path = self.files[self._next]
-        self._next += 1
-        try:
-            with Image.open(path) as img:
-                mode = "RGB" if self.image.channels == 3 else "L"
-                h, w = self.image.size
-                pixels = np.asarray(img.convert(mode).resize((w, h), Image.Resampling.BILINEAR))
-        except (OSError, UnidentifiedImageError) as exc:
-            raise SplitpipeError(f"cannot read image {path}: {exc}") from None
-        return self.image.feed(pixels)
+        for _ in range(len(self.files)):  # one pass at most: a looping folder none of which reads ends
+            if self._next >= len(self.files):
+                if not self.loop:
+                    break
+                self._next = 0
+            path = self.files[self._next]
+            self._next += 1
+            try:
+                with Image.open(path) as img:
+                    mode = "RGB" if self.image.channels == 3 else "L"
+                    h, w = self.image.size
+                    pixels = np.asarray(img.convert(mode).resize((w, h), Image.Resampling.BILINEAR))
+            # Pillow's errors for a file that does not decode (UnidentifiedImageError is an OSError)
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+                self.unreadable += 1
+                if path not in self._warned:
+                    self._warned[path] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    _LOGGER.warning("skipping image %s: cannot read it (%s)", path, self._warned[path])
+                continue
+            self._decoded = True
+            return self.image.feed(pixels)
+        if not self._decoded:
+            path, why = next(iter(self._warned.items()))
+            raise SplitpipeError(
+                f"none of the {len(self.files)} image files in {self.directory} can be read "
+                f"(e.g. {path.name}: {why}); accepted: images Pillow decodes"
+            )
+        return None
 
 
 class VideoSource(Source):

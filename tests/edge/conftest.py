@@ -91,15 +91,16 @@ def env() -> dict[str, str]:
 class ServeProcess:
     """``splitpipe serve`` as a subprocess on a fixed port (restartable on the same port)."""
 
-    def __init__(self, dirs: list[Path], port: int) -> None:
+    def __init__(self, dirs: list[Path], port: int, *args: str) -> None:
         self.dirs = dirs
         self.port = port
+        self.args = args  # more options of splitpipe serve
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> ServeProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "splitpipe", "serve", *map(str, self.dirs), "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-interval", "0", "--grace", "1"],
+             "--port", str(self.port), "--log-interval", "0", "--grace", "1", *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env(), cwd=REPO,
         )  # fmt: skip
         assert self.proc.stdout is not None

@@ -362,3 +362,44 @@ def test_a_server_without_the_model_still_ends_the_run(tmp_path: Path, exports: 
                 remote, more_exports=(local,), server=f"127.0.0.1:{server.port}", fps=50, log_interval_s=0
             )
         )
+
+
+def test_log_lines_and_compiled_heads_name_every_export(
+    exports: Exports,
+    server: ServerThread,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The interval log line is the adaptive run's (with the frames of each split), not the first
+    export's; the final lines name each export whose compiled head ran."""
+    import logging
+    import shutil
+
+    from splitpipe import cli
+    from splitpipe.partition.compile import CompileOptions, compile_export
+
+    dirs = [Path(shutil.copytree(d, tmp_path / d.name)) for d in (exports.raw, exports.local)]
+    for d in dirs:
+        compile_export(d, CompileOptions(part="head", target="ort", rounds=1, frames=8, eval_frames=8))
+    args = [
+        "agent",
+        *map(str, dirs),
+        "--server",
+        f"127.0.0.1:{server.port}",
+        "--frames",
+        "150",
+        "--fps",
+        "300",
+    ]
+    with caplog.at_level(logging.INFO, "splitpipe.edge.agent"):
+        assert cli.main([*args, "--log-interval", "0.1"]) == 0
+    lines = [r.getMessage() for r in caplog.records if " fps, " in r.getMessage()]
+    assert lines and all(line.startswith("adaptive: ") for line in lines), lines
+    assert all(", frames by split: " in line for line in lines if not line.startswith("adaptive: 0.0 fps"))
+    out = capsys.readouterr().out.splitlines()
+    heads = [line for line in out if line.startswith("head: ")]
+    assert heads == [
+        "head: tiny-raw runs the compiled head.ort.onnx (ort, fp32)",
+        "head: tiny-local runs the compiled head.ort.onnx (ort, fp32)",
+    ], out

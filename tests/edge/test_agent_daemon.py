@@ -208,6 +208,15 @@ def test_bad_input_gives_one_line_and_exit_2(
     manifest = json.loads((renamed / "manifest.json").read_text())
     manifest["name"] = "not-served"
     (renamed / "manifest.json").write_text(json.dumps(manifest))
+    unchecked = {}  # manifests whose values once gave tracebacks
+    for key, change in (
+        ("predictions", lambda m: m.update(predictions="fast")),
+        ("shape", lambda m: m["inputs"][0].update(shape=[1, 3, -5, 64])),
+    ):
+        unchecked[key] = Path(shutil.copytree(exports.raw, tmp_path / key))
+        manifest = json.loads((unchecked[key] / "manifest.json").read_text())
+        change(manifest)
+        (unchecked[key] / "manifest.json").write_text(json.dumps(manifest))
     cases = {
         "export directory not found": ["agent", str(tmp_path / "missing"), "--server", address],
         "sha256": ["agent", str(tampered), "--server", address],
@@ -223,6 +232,13 @@ def test_bad_input_gives_one_line_and_exit_2(
             "agent", str(exports.raw), "--server", f"127.0.0.1:{free_port()}", "--connect-timeout", "0.5",
         ],
         "--frames must be at least 1": ["agent", str(exports.local), "--frames", "0"],
+        "manifest field 'predictions' must be an object or null": [
+            "agent", str(unchecked["predictions"]), "--server", address,
+        ],
+        "manifest field inputs[0].shape must be a list of non-negative integers": [
+            "agent", str(unchecked["shape"]), "--server", address,
+        ],
+        "--seed must be a non-negative integer, got -1": ["agent", str(exports.local), "--seed", "-1"],
         "--runtime 'torch' cannot run an export's ONNX files; accepted: ort, trt": [
             "agent", str(exports.local), "--runtime", "torch",
         ],

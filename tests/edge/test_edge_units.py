@@ -111,6 +111,9 @@ def test_options_and_sources_refuse_bad_values(tmp_path: Path) -> None:
     for bad in ("localhost", "host:0", "host:70000", ":80"):
         with pytest.raises(SplitpipeError, match="HOST:PORT"):
             parse_address(bad)
+    for seed in (-1, 1.5, True):
+        with pytest.raises(SplitpipeError, match="--seed must be a non-negative integer"):
+            parse_source("synthetic", seed=seed)  # type: ignore[arg-type]
     for kw in ({"fps": 0.0}, {"frames": -1}, {"threads": 0}, {"max_report_frames": 0}):
         with pytest.raises(SplitpipeError):
             AgentOptions(tmp_path, **kw)  # type: ignore[arg-type]
@@ -165,3 +168,86 @@ def test_energy_shares_add_up_and_keep_the_meter_label() -> None:
     null.frame_done(FrameRecord(0, "local", 0.0), time.perf_counter())
     null.stop()
     assert null.to_json()["energy_source"] == "estimated" and null.sample.joules == 0
+
+
+_BAD_MANIFESTS = {
+    "manifest field 'predictions' must be an object or null, got 'fast'": lambda m: m.update(
+        predictions="fast"
+    ),
+    "manifest field inputs[0].shape must be a list of non-negative integers (null: a free dimension), "
+    "got [1, 3, -5, 64]": lambda m: m["inputs"][0].update(shape=[1, 3, -5, 64]),
+    "inputs[0].shape must be a list of non-negative integers": lambda m: m["inputs"][0].update(
+        shape="1x3x32x32"
+    ),
+    "inputs[0].shape must be a list of non-negative": lambda m: m["inputs"][0].update(shape=[1, 3, 32.5, 32]),
+    "outputs[0].shape must be a list of non-negative": lambda m: m["outputs"][0].update(shape=[True, 10]),
+    "inputs[0].dtype must name a numpy dtype such as 'float32', got None": lambda m: m["inputs"][0].update(
+        dtype=None
+    ),
+    "inputs[0].dtype must name a numpy dtype such as 'float32', got 'floaty'": lambda m: m["inputs"][
+        0
+    ].update(dtype="floaty"),
+    "cut[0].name must be a non-empty string, got 5": lambda m: m["cut"][0].update(name=5),
+    "manifest field inputs[0] must be an object with name, dtype and shape; got 'x'": lambda m: m.update(
+        inputs=["x"]
+    ),
+    "manifest field 'split' must be an object or null, got '3'": lambda m: m.update(split="3"),
+    "manifest field split must give an id (a number, 'local' or 'offload') and a label": lambda m: m.update(
+        split={"id": [3], "label": "block"}
+    ),
+    "manifest field 'files' must be an object or null, got 'head.onnx'": lambda m: m.update(
+        files="head.onnx"
+    ),
+    "manifest field preprocess.size must be [height, width] in pixels, got 224": lambda m: m.update(
+        preprocess={"size": 224}
+    ),
+    "manifest field preprocess.mean must be a list of numbers (one per channel), got ['a']": lambda m: (
+        m.update(preprocess={"mean": ["a"]})
+    ),
+    "manifest field preprocess.layout must be a string": lambda m: m.update(preprocess={"layout": 1}),
+    "manifest field predictions.decode_ms must be a number >= 0 or null, got 'slow'": lambda m: m[
+        "predictions"
+    ].update(decode_ms="slow"),
+    "manifest field predictions.link must be an object or null, got '20mbit'": lambda m: m[
+        "predictions"
+    ].update(link="20mbit"),
+    "manifest field predictions.link.rtt_ms must be a number >= 0 or null, got -1": lambda m: m[
+        "predictions"
+    ]["link"].update(rtt_ms=-1),
+    "manifest field codec.calibration must map cut tensor names to scales": lambda m: m["codec"].update(
+        calibration={"relu_2": "x"}
+    ),
+    "manifest field compiled.head.error must be an object, got 'none'": lambda m: m.update(
+        compiled={
+            "head": {"path": "head.onnx", "sha256": "0", "target": "ort", "runtime": "ort", "error": "none"}
+        }
+    ),
+}
+
+
+@pytest.mark.parametrize("expected", list(_BAD_MANIFESTS))
+def test_manifest_values_of_the_wrong_kind_are_one_line_errors(
+    exports: Exports, tmp_path: Path, expected: str
+) -> None:
+    import json
+    import shutil
+
+    export = Path(shutil.copytree(exports.raw, tmp_path / "export"))
+    manifest = json.loads((export / "manifest.json").read_text())
+    _BAD_MANIFESTS[expected](manifest)
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SplitpipeError) as caught:
+        load_export(export)
+    message = str(caught.value)
+    assert message.startswith(f"export {export}: ") and expected in message and "\n" not in message, message
+
+
+def test_a_free_dimension_and_an_empty_one_are_accepted(exports: Exports, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    export = Path(shutil.copytree(exports.raw, tmp_path / "export"))
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["outputs"][0]["shape"] = [None, 0]
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    assert load_export(export).outputs[0].shape == (None, 0)

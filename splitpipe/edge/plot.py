@@ -136,7 +136,7 @@ def draw_report(data: dict[str, Any], events: list[tuple[float, str]] | None = N
         twin = ax3.twinx()
         twin.scatter(t[sent], s["bytes"][sent], s=3, color="tab:purple", label="bytes sent per frame")
         twin.set_ylabel("bytes per frame", color="tab:purple")
-        twin.set_ylim(bottom=0)
+        twin.set_ylim(0, float(s["bytes"][sent].max()) * 1.15)  # the largest frame below the top
     ax3.legend(fontsize=7, loc="lower left")
 
     for clock, label in events or []:

@@ -52,7 +52,20 @@ def load_report(path: str | Path) -> dict[str, Any]:
         or not all(isinstance(f, dict) and isinstance(f.get("captured_s"), (int, float)) for f in frames)
     ):
         raise SplitpipeError(f"{path}: a report needs 'frames' (each with captured_s) and 'summary'")
+    for f in frames:
+        for key in _FRAME_NUMBERS:
+            value = f.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise SplitpipeError(f"{path}: frame {f.get('id')!r} has {key} {value!r}; a number or null")
+        if not isinstance(f.get("server", {}), dict):
+            raise SplitpipeError(f"{path}: frame {f.get('id')!r} has server {f['server']!r}; an object")
     return data
+
+
+#: per-frame figures a report file must hold as numbers (or null), for the summary and the plot
+_FRAME_NUMBERS = (
+    "e2e_ms", "capture_ms", "head_ms", "encode_ms", "rtt_ms", "network_ms", "tx_bytes", "payload_bytes",
+)  # fmt: skip
 
 
 @dataclass(slots=True)

@@ -53,6 +53,8 @@ def test_bad_report_files_are_one_line(
     (tmp_path / "plan.json").write_text(json.dumps({"format": "splitpipe-plan", "version": 1}))
     (tmp_path / "v9.json").write_text(json.dumps({**data, "version": 9}))
     (tmp_path / "frames.json").write_text(json.dumps({**data, "frames": [{"id": 0}]}))
+    text = {**data, "frames": [{**data["frames"][0], "e2e_ms": "abc"}]}
+    (tmp_path / "text-e2e.json").write_text(json.dumps(text))
     none_done = {**data, "frames": [{**f, "e2e_ms": None} for f in data["frames"]]}
     (tmp_path / "none.json").write_text(json.dumps(none_done))
     cases = {
@@ -61,6 +63,7 @@ def test_bad_report_files_are_one_line(
         "is not a splitpipe agent report": ["report", str(tmp_path / "plan.json")],
         "report version 9 is not supported": ["report", str(tmp_path / "v9.json")],
         "a report needs 'frames' (each with captured_s)": ["report", str(tmp_path / "frames.json")],
+        "frame 0 has e2e_ms 'abc'; a number or null": ["report", str(tmp_path / "text-e2e.json")],
         "the report holds no completed frame to plot": [
             "report", str(tmp_path / "none.json"), "--plot", str(tmp_path / "p.png"),
         ],

@@ -485,11 +485,8 @@ def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Anal
         times = end_to_end(stages, link if sent else None)
         overhead = req.overhead_ms if sent else req.local_overhead_ms
         times["e2e_ms"] += overhead
-        flow = (
-            pipelined(stages, times, req.window, req.device_overhead_ms)
-            if sent
-            else pipelined(stages, times, 1)
-        )
+        # local frames run one after another (one in flight), with the agent's own device work
+        flow = pipelined(stages, times, req.window if sent else 1, req.device_overhead_ms)
         est = {
             "head_ms": dev_t.estimated,
             "tail_ms": srv_t.estimated,

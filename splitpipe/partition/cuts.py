@@ -82,11 +82,20 @@ def find_cuts(graph: Graph, max_tensors: int = 1) -> list[Cut]:
                 break
 
     ordered = sorted(best.items(), key=lambda kv: (kv[1].bit_count(), kv[1].bit_length()))
-    cuts = []
-    for idx, (_key, head) in enumerate(ordered):
-        tensors = tuple(graph.crossing(head))
-        cuts.append(Cut(id=idx, head=head, tensors=tensors, label=_label(graph, tensors)))
-    return cuts
+    crossing = [tuple(graph.crossing(head)) for _key, head in ordered]
+    labels = [_label(graph, tensors) for tensors in crossing]
+    repeated = {label for label in labels if labels.count(label) > 1}
+    return [
+        # several cuts inside one module (a transformer layer's residual adds) share its label:
+        # the crossing tensors tell them apart
+        Cut(
+            id=idx,
+            head=head,
+            tensors=tensors,
+            label=f"{label} [{', '.join(tensors)}]" if label in repeated else label,
+        )
+        for idx, ((_key, head), tensors, label) in enumerate(zip(ordered, crossing, labels, strict=True))
+    ]
 
 
 def _label(graph: Graph, tensors: tuple[str, ...]) -> str:

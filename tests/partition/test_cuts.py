@@ -93,3 +93,20 @@ def test_every_cut_of_hand_built_graphs_exports_exactly(build, k: int, tmp_path:
                 for n, t in zip(names, cut.tensors, strict=True)
             ]
         )
+
+
+def test_cuts_inside_one_module_get_labels_apart() -> None:
+    from splitpipe.partition.plan import PlanRequest, analyse
+
+    a = analyse(
+        PlanRequest(
+            model="tests.fixtures.models:stepped", input_shape=(1, 3, 16, 16), profile_mode="analytic"
+        )
+    )
+    labels = [c.label for c in a.cuts]
+    assert len(set(labels)) == len(labels), labels
+    inside = [c for c in a.cuts if c.label.startswith("steps")]
+    assert len(inside) == 3
+    for c in inside:  # the module's name, then the tensor that crosses
+        assert c.label == f"steps [{c.tensors[0]}]"
+    assert "conv" in labels

@@ -83,18 +83,39 @@ def run(args: argparse.Namespace) -> int:
         check_output_dir(args.out, "--out", "the exports and reports").mkdir(parents=True, exist_ok=True)
         return _demo(args, args.out)
     with tempfile.TemporaryDirectory(prefix="splitpipe-demo-") as tmp:
+        _CLEANUP.append(Path(tmp))
         return _demo(args, Path(tmp))
 
 
+#: what SIGTERM must undo: the server process started, the temporary folder made
+_CLEANUP: list[Any] = []
+
+
 def _terminate_cleanly() -> None:
-    """SIGTERM ends the demo as Ctrl-C does, through its cleanup: the server it started is
-    stopped and its temporary folder removed, rather than left behind."""
+    """SIGTERM stops the server the demo started and removes its temporary folder, then ends
+    the demo (exit 143) at once, wherever it was: the agent's event loop is not unwound."""
+    import os
+    import shutil
     import signal
+    import subprocess
+    import sys
 
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+    def terminate(signum: int, frame: Any) -> None:
+        for item in reversed(_CLEANUP):
+            if isinstance(item, Path):
+                shutil.rmtree(item, ignore_errors=True)
+            else:  # its streams stay open (the agent stopped where it was): a short grace
+                item.terminate()
+                try:
+                    item.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    item.kill()
+                    item.wait()
+        sys.stderr.write("terminated\n")
+        sys.stderr.flush()
+        os._exit(128 + signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGTERM, terminate)
 
 
 def _demo(args: argparse.Namespace, work: Path) -> int:
@@ -150,6 +171,7 @@ def _demo(args: argparse.Namespace, work: Path) -> int:
 
     steps.begin("starting `splitpipe serve` on 127.0.0.1 (a separate process, like a server would be)")
     server, port = _start_server([exports["split"], exports["offload"]])
+    _CLEANUP.append(server)
     try:
         steps.end(f"listening on 127.0.0.1:{port}")
         steps.begin(f"streaming {args.frames} frames through each configuration with the agent")

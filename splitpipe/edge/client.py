@@ -362,6 +362,8 @@ class StreamClient:
     def _refuse(self, entry: Pending, reason: str) -> None:
         """``entry`` can never be sent: answer it with an error reply (not resent). While no
         frame has got through, none will: the client fails."""
+        if entry.refused is not None:  # answered already (the run ended on another frame)
+            return
         entry.refused = reason
         if self._pending.pop(entry.id, None) is not None:
             if not self._pending:
@@ -371,11 +373,17 @@ class StreamClient:
         reply.infer_response.id = entry.id
         self.on_reply(entry, reply, time.perf_counter())
         if not self.replies and self._failure is None:
-            self._fail(
-                SplitpipeError(
-                    f"{reason}; no frame got through: raise that limit, or send less (another split or codec)"
-                )
+            failure = SplitpipeError(
+                f"{reason}; no frame got through: raise that limit, or send less (another split or codec)"
             )
+            self._fail(failure)
+            # the frames still waiting will get no reply either: they fail with the reason, not lost
+            for other in list(self._pending.values()):
+                other.refused = f"not sent: the run ended ({failure})"
+                del self._pending[other.id]
+                reply = pb.ModelStreamInferResponse(error_message=other.refused)
+                reply.infer_response.id = other.id
+                self.on_reply(other, reply, time.perf_counter())
 
     def _refuse_too_large(self, why: str, code: Any, details: str, stream: int) -> None:
         """After the stream ``stream`` broke (``why``; ``code``, ``details``: its final status):

@@ -48,7 +48,13 @@ def test_a_frame_over_the_agents_own_limit_is_never_sent(
     )
     assert time.monotonic() - started < 10
     s = json.loads(report.read_text())["summary"]  # the run's report is not lost
-    assert s["failed"] >= 1 and s["completed"] == 0 and s["reconnects"] == 0 and s["resent"] == 0
+    assert (
+        s["failed"] >= 1
+        and s["completed"] == 0
+        and s["lost"] == 0
+        and s["reconnects"] == 0
+        and s["resent"] == 0
+    )
     frame = json.loads(report.read_text())["frames"][0]
     assert "over this agent's message limit" in frame["error"] and frame["sends"] == 0
 
@@ -64,7 +70,9 @@ def test_a_frame_over_the_servers_limit_fails_at_once_with_the_reason(
     assert code == 2 and len(err) == 1, err
     assert "over the server's message limit" in err[0] and "serve --max-message-mb" in err[0], err
     s = json.loads(report.read_text())["summary"]
-    assert s["failed"] >= 1 and s["completed"] == 0 and s["reconnects"] <= TOO_LARGE_STRIKES
+    assert (
+        s["failed"] >= 1 and s["completed"] == 0 and s["lost"] == 0 and s["reconnects"] <= TOO_LARGE_STRIKES
+    )
 
 
 def test_serve_max_message_mb_refuses_a_large_frame_as_a_separate_process(exports: Exports) -> None:

@@ -269,8 +269,14 @@ def test_frames_run_locally_while_the_server_is_down(tmp_path: Path) -> None:
     thread = threading.Thread(target=lambda: out.append(run_agent(options, on_result)), daemon=True)
     thread.start()
     try:
-        wait_for(lambda: len(results) >= 300 or not thread.is_alive(), what="300 frames")
-        assert [s for s, _, _ in results.values()].count("max-remote") >= 250  # remote is faster
+        # remote is faster: the agent settles on it (a stall of the test process early on, such as
+        # a garbage collection, can send a few hundred frames local until the next probe)
+        def settled() -> bool:
+            latest = [results[i][0] for i in sorted(results)[-100:]]
+            return len(results) >= 300 and latest.count("max-remote") >= 90
+
+        wait_for(lambda: settled() or not thread.is_alive(), what="frames settled on the server")
+        assert settled()
         serve.kill()
         down_at = len(results)
         wait_for(lambda: len(results) >= down_at + 100 or not thread.is_alive(), what="frames while down")

@@ -89,6 +89,16 @@ def pipelined(
     return {"stage_ms": stage, "fps": fps}
 
 
+def predict(
+    stages: Stages, link: Link | None, overhead_ms: float, window: int, device_overhead_ms: float
+) -> dict[str, float]:
+    """Every time that follows from ``stages``: the transfers and the end-to-end latency with the
+    per-frame ``overhead_ms`` (:func:`end_to_end`), and the pipelined stage and frames/s."""
+    times = end_to_end(stages, link)
+    times["e2e_ms"] += overhead_ms
+    return {**times, **pipelined(stages, times, window, device_overhead_ms)}
+
+
 def device_energy_mj(stages: Stages, times: dict[str, float], device: DeviceProfile) -> float:
     """Device energy over one frame, mJ: busy while computing, radio on while sending, idle while waiting."""
     busy = stages.head_ms + stages.encode_ms

@@ -23,10 +23,9 @@ from splitpipe.partition.cost import (
     Link,
     Stages,
     device_energy_mj,
-    end_to_end,
     energy_source,
     parse_link,
-    pipelined,
+    predict,
 )
 from splitpipe.partition.cuts import Cut, find_cuts
 from splitpipe.partition.flops import peak_activation_bytes, total_flops, weight_bytes
@@ -463,10 +462,7 @@ def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Anal
     if reused is not None:
         _LOGGER.info("codec choices, bytes and errors taken from the device's and the server's plans")
     codecs = reused if reused is not None else _codecs(req, graph, cuts, a.loaded.preprocess)
-    # Codec times were measured here; codecs are memory-bound, so scale them by bandwidth.
-    here = resolve_profile("local") if {req.device, req.server} != {"local"} else device
-    enc_scale = 1.0 if req.device == "local" else here.mem_bandwidth_gbs / device.mem_bandwidth_gbs
-    dec_scale = 1.0 if req.server == "local" else here.mem_bandwidth_gbs / server.mem_bandwidth_gbs
+    enc_scale, dec_scale = _codec_scales(req, device, server)
 
     def codec_ms(
         side: _FromPlan | None, cut_id: int | str, codec: str, here_ms: float, scale: float
@@ -482,11 +478,11 @@ def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Anal
     def option(
         oid: int | str, label: str, tensors: list[str], stages: Stages, mem: int, flops: int, sent: bool
     ) -> Option:
-        times = end_to_end(stages, link if sent else None)
         overhead = req.overhead_ms if sent else req.local_overhead_ms
-        times["e2e_ms"] += overhead
         # local frames run one after another (one in flight), with the agent's own device work
-        flow = pipelined(stages, times, req.window if sent else 1, req.device_overhead_ms)
+        times = predict(
+            stages, link if sent else None, overhead, req.window if sent else 1, req.device_overhead_ms
+        )
         est = {
             "head_ms": dev_t.estimated,
             "tail_ms": srv_t.estimated,
@@ -521,8 +517,8 @@ def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Anal
             reply_ms=times["reply_ms"],
             e2e_ms=times["e2e_ms"],
             overhead_ms=overhead,
-            stage_ms=flow["stage_ms"],
-            fps=flow["fps"],
+            stage_ms=times["stage_ms"],
+            fps=times["fps"],
         )
 
     def sent_option(
@@ -635,13 +631,11 @@ def with_codec(
         per_sample = [[v[t] for t in names] for v in probe(graph, names, feeds)]
     cc = codec_for_cut(codec, per_sample)
     device, server = resolve_profile(req.device), resolve_profile(req.server)
-    here = resolve_profile("local") if {req.device, req.server} != {"local"} else device
-    enc = cc.encode_ms * (1.0 if req.device == "local" else here.mem_bandwidth_gbs / device.mem_bandwidth_gbs)
-    dec = cc.decode_ms * (1.0 if req.server == "local" else here.mem_bandwidth_gbs / server.mem_bandwidth_gbs)
+    enc_scale, dec_scale = _codec_scales(req, device, server)
+    enc, dec = cc.encode_ms * enc_scale, cc.decode_ms * dec_scale
     stages = Stages(option.head_ms, enc, cc.tx_bytes, dec, option.tail_ms, option.reply_bytes)
-    times = end_to_end(stages, Link(plan.link["bandwidth_mbps"], plan.link["rtt_ms"]))
-    times["e2e_ms"] += option.overhead_ms
-    flow = pipelined(stages, times, req.window, req.device_overhead_ms)
+    link = Link(plan.link["bandwidth_mbps"], plan.link["rtt_ms"])
+    times = predict(stages, link, option.overhead_ms, req.window, req.device_overhead_ms)
     return replace(
         option,
         codec=cc.codec,
@@ -659,9 +653,18 @@ def with_codec(
         rtt_ms=times["rtt_ms"],
         reply_ms=times["reply_ms"],
         e2e_ms=times["e2e_ms"],
-        stage_ms=flow["stage_ms"],
-        fps=flow["fps"],
+        stage_ms=times["stage_ms"],
+        fps=times["fps"],
     )
+
+
+def _codec_scales(req: PlanRequest, device: DeviceProfile, server: DeviceProfile) -> tuple[float, float]:
+    """Codec times are measured here; codecs are memory-bound, so a device's or a server's that
+    is not this machine are scaled by the ratio of memory bandwidths: (encode, decode) factors."""
+    here = resolve_profile("local") if {req.device, req.server} != {"local"} else device
+    enc = 1.0 if req.device == "local" else here.mem_bandwidth_gbs / device.mem_bandwidth_gbs
+    dec = 1.0 if req.server == "local" else here.mem_bandwidth_gbs / server.mem_bandwidth_gbs
+    return enc, dec
 
 
 def _codec_path() -> str:

@@ -953,8 +953,8 @@ _STAGES = ("head_ms", "encode_ms", "tx_ms", "rtt_ms", "decode_ms", "tail_ms", "r
 def _prediction(plan: Any, spec: RunSpec) -> dict[str, Any]:
     """The plan's figures for a run. The raw offload, where the plan's offload baseline is the
     JPEG one, is the same option with the input's own bytes and no codec, through the planner's
-    cost function (``partition.cost.end_to_end``), for the same link."""
-    from splitpipe.partition.cost import Link, Stages, end_to_end, pipelined
+    cost function (``partition.cost.predict``), for the same link."""
+    from splitpipe.partition.cost import Link, Stages, predict
 
     opt = plan.option(spec.split)
     figures: dict[str, Any] = {
@@ -966,12 +966,12 @@ def _prediction(plan: Any, spec: RunSpec) -> dict[str, Any]:
     if spec.kind == "offload-raw" and opt.codec != "raw":
         raw_bytes = sum(int(t["bytes"]) for t in opt.tensors)
         stages = Stages(0.0, 0.0, raw_bytes, 0.0, opt.tail_ms, opt.reply_bytes)
-        times = end_to_end(stages, Link(plan.link["bandwidth_mbps"], plan.link["rtt_ms"]))
-        times["e2e_ms"] += opt.overhead_ms
+        link = Link(plan.link["bandwidth_mbps"], plan.link["rtt_ms"])
+        req = plan.request
+        times = predict(stages, link, opt.overhead_ms, req.window, req.device_overhead_ms)
         figures.update(times, tx_bytes=raw_bytes, encode_ms=0.0, decode_ms=0.0, codec="raw", codec_error=0.0)
-        figures.update(pipelined(stages, times, plan.request.window, plan.request.device_overhead_ms))
         figures["how"] = (
-            "the plan's offload option with the raw input bytes and no codec (partition.cost.end_to_end)"
+            "the plan's offload option with the raw input bytes and no codec (partition.cost.predict)"
         )
     figures["estimated"] = True
     return figures

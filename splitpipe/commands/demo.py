@@ -97,7 +97,6 @@ def _terminate_cleanly() -> None:
     import os
     import shutil
     import signal
-    import subprocess
     import sys
 
     def terminate(signum: int, frame: Any) -> None:
@@ -105,12 +104,7 @@ def _terminate_cleanly() -> None:
             if isinstance(item, Path):
                 shutil.rmtree(item, ignore_errors=True)
             else:  # its streams stay open (the agent stopped where it was): a short grace
-                item.terminate()
-                try:
-                    item.wait(timeout=2)
-                except subprocess.TimeoutExpired:
-                    item.kill()
-                    item.wait()
+                _stop_server(item, grace_s=2.0)
         sys.stderr.write("terminated\n")
         sys.stderr.flush()
         os._exit(128 + signal.SIGTERM)
@@ -221,13 +215,13 @@ def _start_server(dirs: list[Path]) -> tuple[Any, int]:
     return proc, int(match.group(1))
 
 
-def _stop_server(proc: Any) -> None:
+def _stop_server(proc: Any, grace_s: float = 30.0) -> None:
     import signal
     import subprocess
 
     proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()

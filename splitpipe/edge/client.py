@@ -369,9 +369,7 @@ class StreamClient:
             if not self._pending:
                 self._empty.set()
             self._window.release()
-        reply = pb.ModelStreamInferResponse(error_message=reason)
-        reply.infer_response.id = entry.id
-        self.on_reply(entry, reply, time.perf_counter())
+        self._answer_error(entry, reason)
         if not self.replies and self._failure is None:
             failure = SplitpipeError(
                 f"{reason}; no frame got through: raise that limit, or send less (another split or codec)"
@@ -381,9 +379,13 @@ class StreamClient:
             for other in list(self._pending.values()):
                 other.refused = f"not sent: the run ended ({failure})"
                 del self._pending[other.id]
-                reply = pb.ModelStreamInferResponse(error_message=other.refused)
-                reply.infer_response.id = other.id
-                self.on_reply(other, reply, time.perf_counter())
+                self._answer_error(other, other.refused)
+
+    def _answer_error(self, entry: Pending, message: str) -> None:
+        """Hand ``entry`` to ``on_reply`` as failed with ``message``, as the server's errors come."""
+        reply = pb.ModelStreamInferResponse(error_message=message)
+        reply.infer_response.id = entry.id
+        self.on_reply(entry, reply, time.perf_counter())
 
     def _refuse_too_large(self, why: str, code: Any, details: str, stream: int) -> None:
         """After the stream ``stream`` broke (``why``; ``code``, ``details``: its final status):

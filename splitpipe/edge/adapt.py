@@ -5,7 +5,10 @@ Each option (an export: a split, ``offload`` or ``local``) has a predicted laten
     device_ms + [remote] rtt_ms + tx_bytes / bytes_per_ms + server_ms
 
 with ``device_ms`` (capture, head, encode) and ``tx_bytes`` measured on the device (at warm-up,
-then per frame of that option), ``server_ms`` the server's own total from its replies, and the
+then per frame of that option), ``server_ms`` the server's own total from its replies (both the
+low median of the option's latest ``recent`` frames, so that one stalled frame, a garbage
+collection on the device or one slow reply, does not move them; a lasting change shows once it
+fills more than half of them), and the
 link (``rtt_ms``, ``bytes_per_ms``) fitted to the network times of recent frames: a frame's
 network time is its round trip minus the server's total, two durations each measured on one
 clock. Per remote option the smallest network time of the last ``window_s`` seconds is one point
@@ -45,15 +48,17 @@ class AdaptOptions:
     probe_factor: float = 3.0
     hysteresis: float = 0.15
     min_frames: int = 10
-    smoothing: float = 0.2  # weight of a new measurement in the running figures
+    recent: int = 5  # device and server figures: the low median of this many latest frames
 
     def __post_init__(self) -> None:
         if not (self.window_s > 0 and self.probe_s > 0 and self.probe_factor >= 1):
             raise SplitpipeError("adapt: window and probe interval must be > 0 s, probe factor >= 1")
-        if not 0 <= self.hysteresis < 1 or self.min_frames < 1 or not 0 < self.smoothing <= 1:
-            raise SplitpipeError("adapt: hysteresis in [0, 1), min frames >= 1, smoothing in (0, 1]")
-        if self.samples < 1:
-            raise SplitpipeError(f"adapt: samples must be at least 1, got {self.samples}")
+        if not 0 <= self.hysteresis < 1 or self.min_frames < 1:
+            raise SplitpipeError("adapt: hysteresis in [0, 1), min frames >= 1")
+        if self.samples < 1 or self.recent < 1:
+            raise SplitpipeError(
+                f"adapt: samples and recent must be at least 1, got {self.samples}, {self.recent}"
+            )
 
 
 @dataclass
@@ -70,6 +75,9 @@ class Option:
     probes: int = 0
     last_reply: float = -math.inf  # perf_counter of the latest reply (or local result)
     network: deque[tuple[float, float]] = field(default_factory=deque)  # (when, network ms)
+    # the latest measurements behind device_ms and server_ms (the first: the starting figure)
+    device_recent: deque[float] = field(default_factory=deque)
+    server_recent: deque[float] = field(default_factory=deque)
 
     def to_json(self, predicted_ms: float) -> dict[str, Any]:
         return {
@@ -109,6 +117,8 @@ class Chooser:
         self.settings = settings or AdaptOptions()
         for o in options:
             o.network = deque(o.network, maxlen=self.settings.samples)
+            o.device_recent = deque(o.device_recent or [o.device_ms], maxlen=self.settings.recent)
+            o.server_recent = deque(o.server_recent, maxlen=self.settings.recent)
         self.planned = planned
         # the latest round trip fitted (kept while one size is seen); with no plan to start
         # from, one size's network time is taken as round trip (optimistic for larger sizes)
@@ -253,8 +263,8 @@ class Chooser:
         """A frame of ``index`` was prepared (capture + head + encode took ``device_ms``)."""
         with self._lock:
             o = self.options[index]
-            a = self.settings.smoothing
-            o.device_ms += a * (device_ms - o.device_ms)
+            o.device_recent.append(device_ms)
+            o.device_ms = _low_median(o.device_recent)
             o.tx_bytes = tx_bytes
             o.frames += 1
 
@@ -266,11 +276,9 @@ class Chooser:
             o.last_reply = now
             if rtt_ms is None:
                 return
-            if server_ms is not None:
-                if o.server_measured:
-                    o.server_ms += self.settings.smoothing * (server_ms - o.server_ms)
-                else:
-                    o.server_ms, o.server_measured = server_ms, True
+            if server_ms is not None:  # the first reply replaces the plan's figure
+                o.server_recent.append(server_ms)
+                o.server_ms, o.server_measured = _low_median(o.server_recent), True
             o.network.append((now, max(rtt_ms - (server_ms or 0.0), 0.0)))
 
     def to_json(self) -> dict[str, Any]:
@@ -289,5 +297,12 @@ class Chooser:
                     "probe_factor": self.settings.probe_factor,
                     "hysteresis": self.settings.hysteresis,
                     "min_frames": self.settings.min_frames,
+                    "recent": self.settings.recent,
                 },
             }
+
+
+def _low_median(values: deque[float]) -> float:
+    """The middle value, the lower of the two middle ones for an even count: a stall (always
+    a longer time) needs more than half of the values to move it."""
+    return sorted(values)[(len(values) - 1) // 2]

@@ -105,6 +105,34 @@ def test_a_frame_still_waiting_shows_a_slower_link_before_any_reply() -> None:
     assert not chooser.options[0].network
 
 
+def test_one_stalled_frame_does_not_move_the_choice() -> None:
+    # a garbage-collection pause on the device, or one slow reply from the server, is one frame:
+    # the figures are medians of the latest frames, so neither sends the stream elsewhere
+    chooser = Chooser(_options(), Link(2.0, 100 * MBIT, "planned"), AdaptOptions(probe_s=100.0))
+    t, _ = _run(chooser, TrueLink(2.0, 100), 0.0, 1.0)
+    big = chooser.options[0]
+    assert chooser.options[chooser.current].name == "big"
+    assert chooser.pick(t) == 0
+    chooser.ran(0, 300.0, big.tx_bytes)  # the head took 300 ms once
+    chooser.answered(0, t + 0.3, 19.0, 1.0)
+    assert chooser.pick(t + 0.31) == 0
+    chooser.ran(0, 1.0, big.tx_bytes)
+    chooser.answered(0, t + 0.32, 319.0, 300.0)  # the server took 300 ms once
+    assert chooser.pick(t + 0.33) == 0
+    assert big.device_ms == pytest.approx(1.0) and big.server_ms == pytest.approx(1.0)
+    assert chooser.switch_count == 0
+
+    # a lasting change shows within a few frames: the head now takes 100 ms every time
+    picks = []
+    for k in range(6):
+        now = t + 0.4 + k * 0.12
+        picks.append(i := chooser.pick(now))
+        chooser.ran(i, 100.0 if i == 0 else chooser.options[i].device_ms, chooser.options[i].tx_bytes)
+        chooser.answered(i, now + 0.1, 19.0, 1.0)
+    assert chooser.options[chooser.current].name == "small"
+    assert picks[:2] == [0, 0] and picks[3:] == [1, 1, 1]  # the median moves on the 2nd-3rd
+
+
 def test_hysteresis_keeps_it_from_flapping() -> None:
     options = [Option("a", True, 10.0, 1000, 1.0), Option("b", True, 10.5, 900, 1.0)]
     chooser = Chooser(options, Link(1.0, 10 * MBIT, "planned"), AdaptOptions(probe_s=0.5, hysteresis=0.15))

@@ -22,7 +22,10 @@ The chooser moves to the option predicted fastest when it beats the current one 
 ``hysteresis`` and the current one has run ``min_frames`` frames, or at once when it is
 predicted twice as fast. While the stream to the server is broken (and the client reconnects),
 frames run on a ``local`` option when there is one, instead of waiting for the server; so do
-the first frames, until the server first answers. Options that have not run for
+the first frames, until the server first answers. An option whose frame failed (an error reply:
+over the server's message limit, a tail that failed) is left at once and not chosen again for
+``window_s`` seconds, twice as long after each further failure in a row (up to 64 times), then
+tried again; one reply that gets through clears that. Options that have not run for
 ``probe_s`` seconds get one frame now and then (a probe, answered like any frame), so their
 figures stay current and a link that got faster is noticed; an option predicted to take more
 than ``probe_factor`` times the current one's latency is not probed, so a probe costs little.
@@ -74,6 +77,8 @@ class Option:
     frames: int = 0  # frames that ran through this option
     probes: int = 0
     last_reply: float = -math.inf  # perf_counter of the latest reply (or local result)
+    failures: int = 0  # frames failed in a row (error replies)
+    retry_at: float = -math.inf  # after a failure: not chosen before this perf_counter
     network: deque[tuple[float, float]] = field(default_factory=deque)  # (when, network ms)
     # the latest measurements behind device_ms and server_ms (the first: the starting figure)
     device_recent: deque[float] = field(default_factory=deque)
@@ -90,6 +95,7 @@ class Option:
             "tx_bytes": self.tx_bytes,
             "server_ms": round(self.server_ms, 3) if self.remote else None,
             "server_ms_source": ("measured" if self.server_measured else "planned") if self.remote else None,
+            "failures": self.failures,
         }
 
 
@@ -196,7 +202,9 @@ class Chooser:
                 self.fallbacks += 1
                 return min(local, key=lambda i: self.options[i].device_ms)
             link = self.link(now)
-            predicted = [self.predict(i, link) for i in range(len(self.options))]
+            predicted = [
+                math.inf if now < o.retry_at else self.predict(i, link) for i, o in enumerate(self.options)
+            ]
             # a frame still waiting takes at least as long as it has waited: a lower bound that
             # acts only when decisive (an option twice as fast); measured figures decide otherwise
             bound = list(predicted)
@@ -227,7 +235,10 @@ class Chooser:
                         "clock_s": round(now, 6),  # the device's monotonic clock (perf_counter)
                         "from": self.options[current].name,
                         "to": self.options[target].name,
-                        "predicted_ms": {self.options[i].name: round(p, 3) for i, p in enumerate(shown)},
+                        "predicted_ms": {
+                            self.options[i].name: None if math.isinf(p) else round(p, 3)
+                            for i, p in enumerate(shown)
+                        },
                         "link": link.to_json(),
                     }
                 )
@@ -244,6 +255,7 @@ class Chooser:
                     i
                     for i, o in enumerate(self.options)
                     if i != current
+                    and now >= o.retry_at
                     and now - o.last_reply >= (s.window_s if quiet and i == cheapest else s.probe_s)
                     and (
                         o.frames == 0
@@ -274,12 +286,22 @@ class Chooser:
         with self._lock:
             o = self.options[index]
             o.last_reply = now
+            o.failures, o.retry_at = 0, -math.inf
             if rtt_ms is None:
                 return
             if server_ms is not None:  # the first reply replaces the plan's figure
                 o.server_recent.append(server_ms)
                 o.server_ms, o.server_measured = _low_median(o.server_recent), True
             o.network.append((now, max(rtt_ms - (server_ms or 0.0), 0.0)))
+
+    def failed(self, index: int, now: float) -> None:
+        """A frame of ``index`` failed at ``now`` (an error reply): leave the option, and keep off
+        it for ``window_s`` seconds, doubling with each further failure in a row."""
+        with self._lock:
+            o = self.options[index]
+            o.last_reply = now
+            o.failures += 1
+            o.retry_at = now + self.settings.window_s * 2 ** min(o.failures - 1, 6)
 
     def to_json(self) -> dict[str, Any]:
         with self._lock:

@@ -244,6 +244,8 @@ class Agent:
                     opts.client,
                     expected_inputs=inputs.pop(first),
                     more_models=dict(inputs),
+                    # adapting, the chooser keeps off an export whose frames cannot be sent
+                    give_up_unsendable=self.chooser is None,
                 )
                 if self.chooser is not None and self.chooser.has_local:
                     # frames run on the local export until the server answers
@@ -548,6 +550,8 @@ class Agent:
             )
         if reply.error is not None:
             record.error = reply.error
+            if self.chooser is not None:
+                self.chooser.failed(prepared.option, arrived)
             if self._failed < 5:
                 _LOGGER.warning("frame %d failed: %s", record.id, reply.error)
         self._complete(record, prepared.inputs, reply.outputs, arrived)

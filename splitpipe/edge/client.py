@@ -70,6 +70,8 @@ class StreamClient:
 
     ``on_reply(pending, reply, arrived)`` runs on the event loop for each reply of a pending
     frame: ``reply`` is the parsed ModelStreamInferResponse, ``arrived`` its perf_counter.
+    ``give_up_unsendable``: a frame that can never be sent (over a message limit) while no frame
+    has got through ends the run; False where the caller has other exports to turn to.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class StreamClient:
         options: ClientOptions | None = None,
         expected_inputs: list[tuple[str, str]] | None = None,
         more_models: dict[str, list[tuple[str, str]] | None] | None = None,
+        give_up_unsendable: bool = True,
     ) -> None:
         self.address = address
         self.model = model
@@ -87,6 +90,7 @@ class StreamClient:
         self.models: dict[str, list[tuple[str, str]] | None] = {model: expected_inputs, **(more_models or {})}
         self.options = options or ClientOptions()
         self.on_reply = on_reply
+        self.give_up_unsendable = give_up_unsendable
         self.reconnects = 0  # streams opened after the first
         self.resent = 0  # frames written again after a stream broke
         self.duplicates = 0  # replies for frames no longer pending
@@ -361,7 +365,7 @@ class StreamClient:
 
     def _refuse(self, entry: Pending, reason: str) -> None:
         """``entry`` can never be sent: answer it with an error reply (not resent). While no
-        frame has got through, none will: the client fails."""
+        frame has got through, none will: the client fails (unless ``give_up_unsendable`` is off)."""
         if entry.refused is not None:  # answered already (the run ended on another frame)
             return
         entry.refused = reason
@@ -370,7 +374,7 @@ class StreamClient:
                 self._empty.set()
             self._window.release()
         self._answer_error(entry, reason)
-        if not self.replies and self._failure is None:
+        if self.give_up_unsendable and not self.replies and self._failure is None:
             failure = SplitpipeError(
                 f"{reason}; no frame got through: raise that limit, or send less (another split or codec)"
             )

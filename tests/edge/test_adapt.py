@@ -133,6 +133,34 @@ def test_one_stalled_frame_does_not_move_the_choice() -> None:
     assert picks[:2] == [0, 0] and picks[3:] == [1, 1, 1]  # the median moves on the 2nd-3rd
 
 
+def test_an_export_whose_frames_fail_is_left_and_retried_later() -> None:
+    # big's frames come back as errors (say, over the server's message limit): the chooser
+    # leaves it at the first one and tries it again after 5 s, then 10 s, ...
+    chooser = Chooser(_options(), Link(2.0, 100 * MBIT, "planned"), AdaptOptions(probe_s=1.0))
+    assert chooser.options[chooser.current].name == "big"
+    t, picks = 0.0, []
+    while t < 30.0:
+        i = chooser.pick(t)
+        o = chooser.options[i]
+        picks.append((t, o.name))
+        chooser.ran(i, o.device_ms, o.tx_bytes)
+        t += o.device_ms / 1e3
+        if o.name == "big":
+            chooser.failed(i, t)
+        else:
+            chooser.answered(i, t + 0.002, 3.0 if o.remote else None, 1.0 if o.remote else None)
+    tries = [when for when, name in picks if name == "big"]
+    assert tries[0] < 0.1 and len(tries) == 3  # at the start, after 5 s and after 10 more
+    assert tries[1] == pytest.approx(5.0, abs=0.1) and tries[2] == pytest.approx(15.0, abs=0.1)
+    assert chooser.options[chooser.current].name == "small"
+    assert chooser.to_json()["options"][0]["failures"] == 3
+
+    # once its frames get through again, it is back in the running at once
+    chooser.answered(0, t, 19.0, 1.0)
+    assert chooser.options[0].failures == 0
+    assert chooser.to_json()["options"][0]["failures"] == 0
+
+
 def test_hysteresis_keeps_it_from_flapping() -> None:
     options = [Option("a", True, 10.0, 1000, 1.0), Option("b", True, 10.5, 900, 1.0)]
     chooser = Chooser(options, Link(1.0, 10 * MBIT, "planned"), AdaptOptions(probe_s=0.5, hysteresis=0.15))
@@ -211,6 +239,31 @@ def test_agent_adapts_among_real_exports(exports: Exports, server: ServerThread)
     frame = report.to_json()["frames"][0]
     assert frame["split"] in names
     assert any(line.startswith("splits: ") for line in report.lines())
+
+
+def test_an_export_over_the_message_limit_is_avoided(exports: Exports, server: ServerThread) -> None:
+    """With a 6 KB limit the raw split (8 KB a frame) and offload (12 KB) can never be sent: each
+    fails a frame when tried, then the agent keeps off it and runs the int8 split (2 KB)."""
+    report = run_agent(
+        AgentOptions(
+            exports.raw,
+            more_exports=(exports.offload, exports.int8),
+            server=f"127.0.0.1:{server.port}",
+            frames=300,
+            fps=200,
+            log_interval_s=0,
+            client=ClientOptions(window=4, max_message_bytes=6000),
+            adapt=AdaptOptions(probe_s=0.1, window_s=5.0),
+        )
+    )
+    s = report.summary
+    failed = [f for f in report.to_json()["frames"] if f.get("error")]
+    assert s["lost"] == 0 and s["completed"] + s["failed"] == 300
+    assert {f["split"] for f in failed} <= {"tiny-raw", "tiny-offload"}
+    assert 1 <= s["failed"] <= 4, [f["error"] for f in failed]  # one try each, maybe one retry
+    assert all("message limit" in f["error"] for f in failed)
+    options = {o["name"]: o for o in report.info["adapt"]["options"]}
+    assert options["tiny-int8"]["failures"] == 0 and report.info["adapt"]["current"] == "tiny-int8"
 
 
 def test_exports_of_different_models_are_refused(exports: Exports, tmp_path: Path) -> None:

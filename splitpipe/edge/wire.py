@@ -21,7 +21,7 @@ from splitpipe.devices.runtimes import TensorSpec
 from splitpipe.edge.manifest import EdgeExport
 from splitpipe.errors import SplitpipeError
 from splitpipe.proto.inference import grpc_service_pb2 as pb
-from splitpipe.proto.params import set_parameters
+from splitpipe.proto.params import STAGE_PARAMS, set_parameters
 
 # KServe v2 datatype <-> numpy dtype (the server's table, repeated so the device needs no server code)
 DATATYPES: dict[str, np.dtype[Any]] = {
@@ -39,8 +39,6 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype(np.float64),
 }
 _KSERVE = {dtype: name for name, dtype in DATATYPES.items()}
-#: response parameters the server sets with its own stage durations (docs/server.md)
-STAGE_PARAMS = ("queue_us", "decode_us", "tail_us", "batch_size", "tail_instances", "total_us")
 _FIELDS = pb.ModelInferRequest.DESCRIPTOR.fields_by_name
 _RAW_INPUT_TAG = bytes([(_FIELDS["raw_input_contents"].number << 3) | 2])
 _ID_TAG = bytes([(_FIELDS["id"].number << 3) | 2])

@@ -12,6 +12,10 @@ from typing import Any
 
 ParamValue = bool | int | float | str
 
+#: response parameters the server sets with its own stage durations and batching (all int64;
+#: durations in microseconds; docs/server.md)
+STAGE_PARAMS = ("queue_us", "decode_us", "tail_us", "batch_size", "tail_instances", "total_us")
+
 
 def set_parameters(target: MutableMapping[str, Any], params: Mapping[str, ParamValue]) -> None:
     """Write ``params`` into an InferParameter map: bool -> bool_param, int -> int64_param,

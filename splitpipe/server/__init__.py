@@ -10,10 +10,10 @@ answers with the outputs and its own stage durations. See docs/server.md.
     await server.stop(grace=10)
 """
 
+from splitpipe.proto.params import STAGE_PARAMS
 from splitpipe.server.app import InferenceServer, ServerThread, create_server, serve
 from splitpipe.server.models import TailModel, load_manifest, load_tail
 from splitpipe.server.options import ServerOptions
-from splitpipe.server.request import STAGE_PARAMS
 
 __all__ = [
     "STAGE_PARAMS",

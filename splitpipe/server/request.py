@@ -27,9 +27,6 @@ from splitpipe.proto.params import parameters_dict
 from splitpipe.server.datatypes import CONTENTS_FIELD, numpy_dtype
 from splitpipe.server.models import MODEL_VERSION, TailModel
 
-#: response parameters the server sets (integers; durations in microseconds)
-STAGE_PARAMS = ("queue_us", "decode_us", "tail_us", "batch_size", "tail_instances", "total_us")
-
 # Parameters of Triton's shared-memory extension, which this server does not offer.
 _SHM_PARAMS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 

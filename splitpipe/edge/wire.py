@@ -20,25 +20,10 @@ import numpy as np
 from splitpipe.devices.runtimes import TensorSpec
 from splitpipe.edge.manifest import EdgeExport
 from splitpipe.errors import SplitpipeError
+from splitpipe.proto import datatypes
 from splitpipe.proto.inference import grpc_service_pb2 as pb
 from splitpipe.proto.params import STAGE_PARAMS, set_parameters
 
-# KServe v2 datatype <-> numpy dtype (the server's table, repeated so the device needs no server code)
-DATATYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-}
-_KSERVE = {dtype: name for name, dtype in DATATYPES.items()}
 _FIELDS = pb.ModelInferRequest.DESCRIPTOR.fields_by_name
 _RAW_INPUT_TAG = bytes([(_FIELDS["raw_input_contents"].number << 3) | 2])
 _ID_TAG = bytes([(_FIELDS["id"].number << 3) | 2])
@@ -51,7 +36,7 @@ _MAX_CHECKED_OUTPUTS = 1024
 
 def kserve_datatype(dtype: np.dtype[Any]) -> str:
     try:
-        return _KSERVE[np.dtype(dtype)]
+        return datatypes.kserve_datatype(dtype)
     except KeyError:
         raise SplitpipeError(f"dtype {dtype} cannot travel in the Open Inference Protocol") from None
 
@@ -182,14 +167,14 @@ class ReplyReader:
                     return reply
                 if len(self._checked) < _MAX_CHECKED_OUTPUTS:
                     self._checked.add(signature)
-            reply.outputs[name] = np.frombuffer(raw, DATATYPES[datatype]).reshape(shape)
+            reply.outputs[name] = np.frombuffer(raw, datatypes.numpy_dtype(datatype)).reshape(shape)
         return reply
 
     def _check(self, name: str, datatype: str, shape: tuple[int, ...], nbytes: int) -> str | None:
         spec = self.specs.get(name)
         if spec is None:
             return f"the reply has an output {name!r} the manifest does not list ({sorted(self.specs)})"
-        dtype = DATATYPES.get(datatype)
+        dtype = datatypes.numpy_dtype(datatype)
         if dtype != spec.dtype:
             return f"output {name!r} has datatype {datatype}, the manifest says {spec.dtype}"
         if len(shape) != len(spec.shape) or any(

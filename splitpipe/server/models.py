@@ -16,7 +16,7 @@ from splitpipe.devices.runtimes.compiled import CompiledFile, compiled_file, pic
 from splitpipe.errors import SplitpipeError
 from splitpipe.names import RULE as NAME_RULE
 from splitpipe.names import valid_model_name
-from splitpipe.server.datatypes import kserve_datatype
+from splitpipe.proto.datatypes import kserve_datatype
 from splitpipe.server.options import ServerOptions
 
 _LOGGER = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ import grpc
 import numpy as np
 
 from splitpipe.errors import CodecError
+from splitpipe.proto.datatypes import CONTENTS_FIELD, numpy_dtype
 from splitpipe.proto.inference import grpc_service_pb2 as pb
 from splitpipe.proto.params import parameters_dict
-from splitpipe.server.datatypes import CONTENTS_FIELD, numpy_dtype
 from splitpipe.server.models import MODEL_VERSION, TailModel
 
 # Parameters of Triton's shared-memory extension, which this server does not offer.

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from splitpipe.errors import SplitpipeError, choices
-from splitpipe.server.datatypes import kserve_datatype
+from splitpipe.proto.datatypes import kserve_datatype
 from splitpipe.server.models import TailModel, load_tails, sha256_file
 from splitpipe.server.options import ServerOptions
 

@@ -8,10 +8,10 @@ from typing import Any
 import grpc
 import numpy as np
 
+from splitpipe.proto.datatypes import kserve_datatype
 from splitpipe.proto.inference import grpc_service_pb2 as pb
 from splitpipe.proto.inference import grpc_service_pb2_grpc as pb_grpc
 from splitpipe.proto.params import parameters_dict, set_parameters
-from splitpipe.server.datatypes import kserve_datatype
 
 MIB = 1 << 20
 
@@ -35,7 +35,7 @@ def make_request(
 
 
 def outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
-    from splitpipe.server.datatypes import numpy_dtype
+    from splitpipe.proto.datatypes import numpy_dtype
 
     return {
         t.name: np.frombuffer(raw, dtype=numpy_dtype(t.datatype)).reshape(tuple(t.shape))

@@ -1,4 +1,5 @@
-"""Open Inference Protocol datatypes and the numpy dtypes they carry."""
+"""Open Inference Protocol datatypes and the numpy dtypes they carry (the server and the agent
+both use this table; it needs numpy only)."""
 
 from __future__ import annotations
 

@@ -14,12 +14,8 @@ bench/pipeline.py checks end to end (>= 0.7 for 10 KB and 1 MB messages).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import re
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,55 +30,14 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+sys.path.insert(0, str(REPO / "bench"))
+
+# the trivial export, the echo server and process handling are bench/pipeline.py's
+from pipeline import GRPC_OPTIONS, MIB, start_echo, start_serve, trivial_export  # noqa: E402
+from pipeline import stop as stop_process  # noqa: E402
+
 from splitpipe.proto.inference import grpc_service_pb2 as pb  # noqa: E402
 from splitpipe.proto.inference import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
-
-MIB = 1 << 20
-METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
-GRPC_OPTIONS = [("grpc.max_send_message_length", 256 * MIB), ("grpc.max_receive_message_length", 256 * MIB)]
-
-
-def write_trivial_tail(directory: Path, features: int) -> Path:
-    """x float32 [N, features] -> y = ReduceMax(x) [N, 1]: the cheapest tail that reads its input."""
-    from onnx import helper
-
-    from tests.server.tiny_tails import write_export
-
-    return write_export(
-        directory,
-        "trivial",
-        [helper.make_node("ReduceMax", ["x"], ["y"], axes=[1], keepdims=1)],
-        cut=[{"name": "x", "dtype": "float32", "shape": [None, features]}],
-        outputs=[{"name": "y", "dtype": "float32", "shape": [None, 1]}],
-    )
-
-
-# -- the echo server (its own process) --------------------------------------------------------
-
-
-async def _echo_main(port_file: str, reply_bytes: int) -> None:
-    reply = pb.ModelStreamInferResponse()
-    reply.infer_response.raw_output_contents.append(b"\0" * reply_bytes)
-    blob = reply.SerializeToString()
-
-    async def stream(request_iterator: Any, context: Any) -> Any:
-        async for _request in request_iterator:  # bytes: no deserializer
-            yield blob
-
-    handler = grpc.method_handlers_generic_handler(
-        "inference.GRPCInferenceService",
-        {"ModelStreamInfer": grpc.stream_stream_rpc_method_handler(stream)},
-    )
-    server = grpc.aio.server(options=GRPC_OPTIONS)
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    Path(port_file).write_text(str(port))
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await server.stop(0)
-
 
 # -- the client ------------------------------------------------------------------------------
 
@@ -129,59 +84,22 @@ def drive(port: int, request: pb.ModelInferRequest, seconds: float, window: int)
     }
 
 
-def _wait_port(proc: subprocess.Popen[str], port_file: Path | None) -> int:
-    if port_file is not None:
-        deadline = time.monotonic() + 60
-        while not (port_file.exists() and port_file.read_text()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("echo server did not start")
-            time.sleep(0.05)
-        return int(port_file.read_text())
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = re.search(r"listening on [\d.]+:(\d+)", line)
-    if not match:
-        raise SystemExit(
-            f"splitpipe serve did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}"
-        )
-    return int(match.group(1))
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 def run_size(size: int, seconds: float, window: int, serve_args: list[str], rounds_n: int) -> dict[str, Any]:
     features = max(1, size // 4)
     x = np.random.default_rng(0).standard_normal((1, features)).astype(np.float32)
-    request = pb.ModelInferRequest(model_name="trivial")
+    request = pb.ModelInferRequest(model_name=f"trivial-{features}")  # trivial_export's name
     request.inputs.add(name="x", datatype="FP32", shape=x.shape)
     request.raw_input_contents.append(x.tobytes())
     with tempfile.TemporaryDirectory() as tmp:
-        export = write_trivial_tail(Path(tmp) / "trivial", features)
-        env = {**os.environ, "SPLITPIPE_LOG_LEVEL": "WARNING"}
-        ours = subprocess.Popen(
-            [sys.executable, "-m", "splitpipe", "serve", str(export), "--host", "127.0.0.1", "--port", "0",
-             "--log-interval", "0", *serve_args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
+        export = trivial_export(Path(tmp) / "trivial", features)
+        ours, port = start_serve(export, serve_args)
         try:
-            port = _wait_port(ours, None)
             # the echo answers with a response of our server's size
             with grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS) as channel:
                 sample = next(pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(iter([request])))
             reply_bytes = len(sample.infer_response.raw_output_contents[0])
-            port_file = Path(tmp) / "echo.port"
-            echo = subprocess.Popen(
-                [sys.executable, __file__, "--echo-server", str(port_file), "--reply-bytes", str(reply_bytes)],
-                text=True, env=env,
-            )  # fmt: skip
+            echo, echo_port = start_echo(Path(tmp), reply_bytes)
             try:
-                echo_port = _wait_port(echo, port_file)
                 # short alternating rounds, so that a busy machine affects both alike
                 rounds: dict[str, list[dict[str, float]]] = {"echo": [], "serve": []}
                 procs = {"echo": psutil.Process(echo.pid), "serve": psutil.Process(ours.pid)}
@@ -195,9 +113,9 @@ def run_size(size: int, seconds: float, window: int, serve_args: list[str], roun
                         r["server_cpu_us_per_msg"] = used / max(r["messages"], 1) * 1e6
                         rounds[name].append(r)
             finally:
-                _stop(echo)
+                stop_process(echo)
         finally:
-            _stop(ours)
+            stop_process(ours)
     result: dict[str, Any] = {"size_bytes": size, "window": window, "seconds": seconds, "measured": True}
     for name, runs in rounds.items():
         result[name] = {
@@ -228,12 +146,7 @@ def main() -> int:
         "--serve-args", default="", help="extra `splitpipe serve` flags, e.g. '--max-batch 1'"
     )
     parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--echo-server", help=argparse.SUPPRESS)
-    parser.add_argument("--reply-bytes", type=int, default=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.echo_server:
-        asyncio.run(_echo_main(args.echo_server, args.reply_bytes))
-        return 0
     results = []
     print(
         f"{'size':>10} {'echo msg/s':>11} {'serve msg/s':>12} {'echo MiB/s':>11} {'serve MiB/s':>12} {'ratio':>6}"

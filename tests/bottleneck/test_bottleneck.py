@@ -24,6 +24,9 @@ from tests.fixtures.models import digit_net, tiny_net
 MODEL = "tests.fixtures.models:digit_net"
 SHAPE = (1, 1, 16, 16)
 FAST = TrainOptions(distill_epochs=4, finetune_epochs=2)
+# the accuracy test's training: with 4 epochs of distillation the student's top-1 moved by
+# several points between machines (84 to 88 %, against the teacher's 96); 8 leave a margin
+ACCURATE = TrainOptions(distill_epochs=8, finetune_epochs=2)
 
 
 def test_cuts_are_where_no_skip_connection_jumps_over() -> None:
@@ -120,11 +123,11 @@ def trained(teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
         channels=2,
         width=32,
         holdout=300,
-        train=FAST,
+        train=ACCURATE,
     )
     lines: list[str] = []
     result = make_bottleneck(req, out, lines.append)
-    assert any(line.startswith("head distillation 4/4") for line in lines)
+    assert any(line.startswith("head distillation 8/8") for line in lines)
     assert any(line.startswith("fine-tuning 2/2") for line in lines)
     return out, result
 

@@ -150,13 +150,35 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         use_compiled=args.use_compiled,
     )
-    host = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
+    host = _check_host(args.host)
 
     def ready(server: InferenceServer) -> None:
         # One line on stdout that scripts (and the tests) read; logs go to stderr.
         models = ", ".join(sorted(server.models))
         scheme = "" if tls is None else (" over TLS" if tls.client_ca is None else " over mutual TLS")
-        print(f"splitpipe serve: listening on {args.host}:{server.port}{scheme} ({models})", flush=True)
+        print(f"splitpipe serve: listening on {host}:{server.port}{scheme} ({models})", flush=True)
         sys.stdout.flush()
 
     return asyncio.run(serve(f"{host}:{args.port}", args.export_dirs, options, on_ready=ready))
+
+
+def _check_host(text: str) -> str:
+    """``--host``: an address or name of this machine, bracketed for gRPC when IPv6. An empty
+    one, a port or a scheme would reach gRPC as a garbled address (its log line and "Failed to bind")."""
+    import ipaddress
+
+    from splitpipe.errors import SplitpipeError
+
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    ok = bool(bare) and "/" not in bare and not any(c.isspace() for c in bare) and "[" not in bare
+    if ok and ":" in bare:
+        try:
+            ipaddress.IPv6Address(bare)
+        except ValueError:
+            ok = False
+    if not ok:
+        raise SplitpipeError(
+            f"--host must be an address or name of this machine, such as 0.0.0.0, 127.0.0.1, :: or a "
+            f"host name (the port goes in --port), got {text!r}"
+        )
+    return f"[{bare}]" if ":" in bare else bare

@@ -9,6 +9,8 @@ from splitpipe.errors import SplitpipeError
 from splitpipe.tls import ServerTls
 
 MIB = 1 << 20
+#: the longest a batch may wait for more requests: a minute
+_MAX_BATCH_TIMEOUT_US = 60_000_000
 _GRPC_MAX_MESSAGE = 2**31 - 1
 
 # ServerOptions fields that `splitpipe serve` sets from a flag: the flag, and one of its units in
@@ -111,6 +113,10 @@ class ServerOptions:
                 raise SplitpipeError(f"{name} must be at least 1, got {value // unit}")
         if self.batch_timeout_us < 0:
             raise SplitpipeError(f"batch timeout must be >= 0 microseconds, got {self.batch_timeout_us}")
+        if self.batch_timeout_us > _MAX_BATCH_TIMEOUT_US:  # longer waits overflow the OS's timeouts
+            raise SplitpipeError(
+                f"--batch-timeout-us must be at most {_MAX_BATCH_TIMEOUT_US} (a minute), got {self.batch_timeout_us}"
+            )
         if self.threads is not None and self.threads < 1:
             raise SplitpipeError(f"threads must be at least 1 (or unset), got {self.threads}")
         if self.max_message_bytes > _GRPC_MAX_MESSAGE:
@@ -119,8 +125,9 @@ class ServerOptions:
                 f"{name} must be at most {_GRPC_MAX_MESSAGE // unit} (gRPC's limit is 2 GiB - 1 bytes), "
                 f"got {self.max_message_bytes // unit}"
             )
-        if self.grace_s < 0 or self.log_interval_s < 0:
-            raise SplitpipeError("grace and log interval must be >= 0 seconds")
+        for flag, value in (("--grace", self.grace_s), ("--log-interval", self.log_interval_s)):
+            if not value >= 0:  # NaN too
+                raise SplitpipeError(f"{flag} must be a number of seconds >= 0, got {value}")
         if not self.providers:
             raise SplitpipeError("at least one execution provider is needed, e.g. cpu")
         check_onnx_runtime(self.runtime)

@@ -218,8 +218,20 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     and the stream goes on) instead of gRPC's UNKNOWN or an ended stream."""
 
     def unary(handler: Any, request: Any, response: Any) -> grpc.RpcMethodHandler:
+        # parsed here too: with gRPC's deserializer a malformed message got UNKNOWN, naming a
+        # Python exception, and logged a traceback per request
+        async def parsed(data: bytes, context: Any) -> Any:
+            try:
+                message = request.FromString(data)
+            except DecodeError as exc:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {request.__name__}: {exc}"
+                )
+                raise  # abort raises; this keeps type checkers informed
+            return await handler(message, context)
+
         return grpc.unary_unary_rpc_method_handler(
-            handler, request_deserializer=request.FromString, response_serializer=response.SerializeToString
+            parsed, request_deserializer=None, response_serializer=response.SerializeToString
         )
 
     handlers = {

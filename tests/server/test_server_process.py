@@ -142,6 +142,13 @@ def test_runtimes_that_cannot_serve_are_one_line(export: Path, flags: list[str],
         (["--max-message-mb", "2048"], "--max-message-mb must be at most 2047 (gRPC's limit"),
         (["--max-batch", "0"], "--max-batch must be at least 1, got 0"),
         (["--instances", "-1"], "--instances must be at least 1, got -1"),
+        (["--grace", "nan"], "--grace must be a number of seconds >= 0, got nan"),
+        # a wait that long killed the tail's thread (OverflowError) and hung every request
+        (["--batch-timeout-us", str(10**18)], "--batch-timeout-us must be at most 60000000 (a minute)"),
+        (["--log-interval", "nan"], "--log-interval must be a number of seconds >= 0, got nan"),
+        (["--host", ""], "--host must be an address or name of this machine"),
+        (["--host", "127.0.0.1:8001"], "--host must be an address or name of this machine"),
+        (["--host", "http://edge"], "--host must be an address or name of this machine"),
     ],
 )
 def test_bad_sizes_and_counts_name_the_flag_and_value_given(
@@ -199,3 +206,27 @@ def test_address_not_of_this_host_is_one_line(export: Path, host: str, reason: s
     last = probe.stderr.strip().splitlines()[-1]
     assert last.startswith(f"splitpipe serve: error: cannot listen on {host}:0: ") and reason in last, last
     assert "Failed to bind" not in probe.stderr
+
+
+def test_an_ipv6_host_is_bracketed_in_the_startup_line(
+    export: Path, stop_later: list[subprocess.Popen[str]]
+) -> None:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    proc = subprocess.Popen(
+        [*SERVE, str(export), "--host", "::1", "--port", "0"], stdout=subprocess.PIPE, text=True
+    )
+    stop_later.append(proc)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"listening on \[::1\]:(\d+)", line)
+    assert match, line
+    client = tc.InferenceServerClient(f"[::1]:{match.group(1)}")
+    assert client.is_server_ready()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0

@@ -342,6 +342,27 @@ def test_malformed_messages_get_invalid_argument_and_the_stream_goes_on(server: 
     assert "not a valid ModelInferRequest" in responses[1].error_message
 
 
+def test_malformed_metadata_and_health_calls_get_invalid_argument_without_a_traceback(
+    server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, gRPC's own deserializer failed them: UNKNOWN naming a Python exception, and one
+    logged traceback per request (any client could flood the server's log)."""
+    with wire.channel(server.port) as chan:
+        for method in ("ModelMetadata", "ModelReady", "ServerReady", "ServerLive", "ServerMetadata"):
+            call = chan.unary_unary(f"/inference.GRPCInferenceService/{method}")
+            with pytest.raises(grpc.RpcError) as info:
+                call(b"\xff\xff\xff", timeout=30)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+            assert f"the request is not a valid {method}Request" in (info.value.details() or ""), method
+        meta = chan.unary_unary(
+            "/inference.GRPCInferenceService/ModelMetadata",
+            request_serializer=pb.ModelMetadataRequest.SerializeToString,
+            response_deserializer=pb.ModelMetadataResponse.FromString,
+        )
+        assert meta(pb.ModelMetadataRequest(name="gemm"), timeout=30).name == "gemm"  # still served
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+
+
 def test_checks_are_kept_per_signature_but_each_payload_is_still_checked(
     server: ServerThread, stub: Any
 ) -> None:

@@ -147,6 +147,11 @@ def run(args: argparse.Namespace) -> int:
         from splitpipe.errors import check_plot_file
 
         check_plot_file(args.plot, example="run.png")
+        if args.report is not None and args.plot.resolve() == args.report.resolve():
+            raise SplitpipeError(
+                f"--plot and --report name the same file ({args.plot}); the plot would overwrite the "
+                "report: give two names, such as run.png and report.json"
+            )
     tls = None
     if args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name:
         tls = ClientTls(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)

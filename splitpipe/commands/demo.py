@@ -80,7 +80,13 @@ def run(args: argparse.Namespace) -> int:
         raise SplitpipeError(f"--window must be at least 1 frame in flight, got {args.window}")
     _terminate_cleanly()
     if args.out is not None:
-        check_output_dir(args.out, "--out", "the exports and reports").mkdir(parents=True, exist_ok=True)
+        out = check_output_dir(args.out, "--out", "the exports and reports")
+        try:  # and made now, before the minutes of planning and exporting
+            out.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=out):
+                pass
+        except OSError as exc:
+            raise SplitpipeError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
         return _demo(args, args.out)
     with tempfile.TemporaryDirectory(prefix="splitpipe-demo-") as tmp:
         _CLEANUP.append(Path(tmp))

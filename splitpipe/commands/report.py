@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from splitpipe.edge.report import load_report, summary_lines
-    from splitpipe.errors import check_plot_file
+    from splitpipe.errors import SplitpipeError, check_plot_file
 
     if args.plot is not None:
         check_plot_file(args.plot, example="run.png")
@@ -36,7 +36,14 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data["summary"], indent=2))
     else:
-        for line in summary_lines(data["summary"], data):
+        try:  # a summary edited or written by something else: one line, not a traceback
+            lines = summary_lines(data["summary"], data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SplitpipeError(
+                f"{args.report}: its summary is not one splitpipe agent writes "
+                f"({type(exc).__name__}: {exc}); see docs/agent.md"
+            ) from None
+        for line in lines:
             print(line)
     if args.plot is not None:
         from splitpipe.edge.plot import plot_report

@@ -230,6 +230,8 @@ class Agent:
                 )
                 for e in self.exports
             ]
+            for export, runner in zip(self.exports, runners, strict=True):
+                _check_head_inputs(export, runner.inputs)  # before the source makes frames of them
             stack.enter_context(self.source)
             self._warm_up(runners)
             remote = [e for e in self.exports if not e.local]
@@ -246,6 +248,7 @@ class Agent:
                     more_models=dict(inputs),
                     # adapting, the chooser keeps off an export whose frames cannot be sent
                     give_up_unsendable=self.chooser is None,
+                    expected_shapes={e.name: {t.name: t.shape for t in e.cut} for e in remote},
                 )
                 if self.chooser is not None and self.chooser.has_local:
                     # frames run on the local export until the server answers
@@ -612,8 +615,15 @@ class Agent:
                 _LOGGER.info("draining %d frame(s) in flight", client.in_flight)
             remaining = max(deadline - time.perf_counter(), 0.0)
             if not await client.drain(remaining, self._abort_async):
-                left = len(client.abandon())
-                _LOGGER.warning("%d frame(s) got no reply before shutdown; reported lost", left)
+                abandoned = client.abandon()
+                for entry in abandoned:  # a lost frame's record says how often it was sent
+                    entry.context.record.sends = entry.sends
+                unsent = self._captured - self._completed - self._failed - len(abandoned)
+                _LOGGER.warning(
+                    "%d frame(s) got no reply before shutdown%s; reported lost",
+                    len(abandoned),
+                    f", {unsent} more captured and never sent" if unsent > 0 else "",
+                )
         if error is not None:
             raise error
 
@@ -646,6 +656,27 @@ def _check_alternatives(exports: list[EdgeExport]) -> None:
                     f"exports {first.directory} and {other.directory} differ in their {what} ({a} vs {b}); "
                     "the agent adapts only among splits of one model"
                 )
+
+
+def _check_head_inputs(export: EdgeExport, takes: list[Any]) -> None:
+    """The manifest's ``inputs`` (what the source makes) are what the head file takes: names,
+    dtypes and fixed dimensions."""
+    head = {t.name: t for t in takes}
+
+    def fits(spec: Any) -> bool:
+        got = head.get(spec.name)
+        return (
+            got is not None
+            and got.dtype == spec.dtype
+            and len(got.shape) == len(spec.shape)
+            and all(a is None or b is None or a == b for a, b in zip(got.shape, spec.shape, strict=True))
+        )
+
+    if len(takes) != len(export.inputs) or not all(fits(t) for t in export.inputs):
+        raise SplitpipeError(
+            f"export {export.directory}: the manifest's inputs ({', '.join(t.describe() for t in export.inputs)}) "
+            f"do not match the head's ({', '.join(t.describe() for t in takes)}); export again"
+        )
 
 
 def _planned_link(exports: list[EdgeExport]) -> Link:

@@ -83,11 +83,14 @@ class StreamClient:
         expected_inputs: list[tuple[str, str]] | None = None,
         more_models: dict[str, list[tuple[str, str]] | None] | None = None,
         give_up_unsendable: bool = True,
+        expected_shapes: dict[str, dict[str, tuple[int | None, ...]]] | None = None,
     ) -> None:
         self.address = address
         self.model = model
         # every model the stream carries requests for, with the inputs we send it (None: unchecked)
         self.models: dict[str, list[tuple[str, str]] | None] = {model: expected_inputs, **(more_models or {})}
+        # model -> input -> the shape we send (None: a free dimension); checked against ModelMetadata
+        self.shapes = expected_shapes or {}
         self.options = options or ClientOptions()
         self.on_reply = on_reply
         self.give_up_unsendable = give_up_unsendable
@@ -268,14 +271,19 @@ class StreamClient:
                     await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, o.backoff_max_s)
                 continue
-            for meta, expected in zip(metas, self.models.values(), strict=True):
-                self._check_metadata(meta, expected)
+            for meta, (name, expected) in zip(metas, self.models.items(), strict=True):
+                self._check_metadata(meta, expected, self.shapes.get(name))
             self._channel = channel
             if attempts > 1:
                 _LOGGER.info("connected to %s after %d attempts", self.address, attempts)
             return
 
-    def _check_metadata(self, meta: pb.ModelMetadataResponse, expected: list[tuple[str, str]] | None) -> None:
+    def _check_metadata(
+        self,
+        meta: pb.ModelMetadataResponse,
+        expected: list[tuple[str, str]] | None,
+        shapes: dict[str, tuple[int | None, ...]] | None = None,
+    ) -> None:
         if expected is None:
             return
         served = [(t.name, t.datatype) for t in meta.inputs]
@@ -284,6 +292,22 @@ class StreamClient:
                 f"server {self.address} serves {meta.name!r} with inputs {served}, but this export sends "
                 f"{expected}; serve the same export directory"
             )
+        # an export of the same name with other shapes (another --input-shape, say) would refuse
+        # every frame: an error now, not a run of failed frames
+        for t in meta.inputs:
+            sent = (shapes or {}).get(t.name)
+            if sent is None:
+                continue
+            takes = [None if d < 0 else d for d in t.shape]
+            if len(takes) != len(sent) or any(
+                a is not None and b is not None and a != b for a, b in zip(takes, sent, strict=True)
+            ):
+                show = ",".join("?" if d is None else str(d) for d in takes)
+                mine = ",".join("?" if d is None else str(d) for d in sent)
+                raise SplitpipeError(
+                    f"server {self.address} serves {meta.name!r} with input {t.name!r} of shape [{show}], "
+                    f"but this export sends [{mine}]; serve the same export directory"
+                )
 
     def _open_stream(self) -> None:
         assert self._channel is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,8 @@ from splitpipe.errors import SplitpipeError, check_output_file
 from splitpipe.tls import ClientTls
 
 MIB = 1 << 20
+#: the slowest capture rate: one frame a day
+MIN_FPS = 1 / 86400
 
 #: source kinds and the argument each takes (None: no argument)
 SOURCE_KINDS: dict[str, str | None] = {
@@ -78,9 +81,35 @@ def parse_address(text: str) -> str:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise SplitpipeError(f"server address must be HOST:PORT with a port 1..65535, got {text!r}")
+    if "/" in host or any(c.isspace() for c in host) or host.startswith("[") != host.endswith("]"):
+        # gRPC would take 'http://host' or 'dns:///host' as a host name and retry it for ever
+        raise SplitpipeError(
+            f"server address must be HOST:PORT (a name or address, no scheme or path; [v6]:PORT for "
+            f"IPv6), got {text!r}"
+        )
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"{host}:{int(port)}"
+
+
+def check_report_file(path: str | Path) -> Path:
+    """``--report``: a file the agent can write at its end. The report goes to a temporary file
+    beside it, then is renamed over it, so the name must be a regular file or new (never a device
+    such as /dev/null, which the rename would replace), in a folder this process can write."""
+    out = check_output_file(path, "--report", "report.json")
+    if out.exists() and not out.is_file():
+        raise SplitpipeError(
+            f"--report {out} is not a regular file (a device or a pipe); the report replaces the file "
+            "it names: give a file name such as report.json"
+        )
+    try:
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".check"):
+            pass
+    except OSError as exc:
+        raise SplitpipeError(
+            f"--report {out}: cannot write in {out.parent} ({exc.strerror or exc})"
+        ) from None
+    return out
 
 
 @dataclass(frozen=True)
@@ -177,16 +206,22 @@ class AgentOptions:
         object.__setattr__(self, "more_exports", tuple(Path(p) for p in self.more_exports))
         check_onnx_runtime(self.runtime)
         if self.report is not None:  # checked now: a report that cannot be written would lose the run
-            object.__setattr__(self, "report", check_output_file(self.report, "--report", "report.json"))
+            object.__setattr__(self, "report", check_report_file(self.report))
         if self.server is not None:
             object.__setattr__(self, "server", parse_address(self.server))
         if self.frames is not None and self.frames < 1:
             raise SplitpipeError(f"--frames must be at least 1, got {self.frames}")
         if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
             raise SplitpipeError(f"--fps must be a positive number, got {self.fps}")
+        if self.fps is not None and self.fps < MIN_FPS:  # a longer wait overflows the OS's timeouts
+            raise SplitpipeError(f"--fps must be at least {MIN_FPS:.3g} (one frame a day), got {self.fps}")
         if self.threads is not None and self.threads < 1:
             raise SplitpipeError(f"--threads must be at least 1 (or unset), got {self.threads}")
         if self.max_report_frames < 1:
             raise SplitpipeError(f"max_report_frames must be at least 1, got {self.max_report_frames}")
-        if self.log_interval_s < 0 or self.drain_timeout_s < 0:
-            raise SplitpipeError("log interval and drain timeout must be >= 0 seconds")
+        for flag, value in (
+            ("--log-interval", self.log_interval_s),
+            ("--drain-timeout", self.drain_timeout_s),
+        ):
+            if not value >= 0:  # NaN too
+                raise SplitpipeError(f"{flag} must be a number of seconds >= 0, got {value}")

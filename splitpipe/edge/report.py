@@ -369,6 +369,8 @@ class Report:
 
     def write(self, path: str | Path) -> None:
         path = Path(path)
+        if path.exists() and not path.is_file():  # the rename would replace a device or a pipe
+            raise SplitpipeError(f"report {path} is not a regular file; not replacing it")
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
         tmp.replace(path)
@@ -400,7 +402,7 @@ def summary_lines(s: dict[str, Any], info: dict[str, Any]) -> list[str]:
             f"rtt {p('rtt_ms')}",
             f"server total {p('server_total_ms')}",
         ]
-    out.append("latency ms: " + ", ".join(parts))
+    out.append("latency ms (measured): " + ", ".join(parts))
     if remote:
         line = f"bytes per frame: {s['bytes_per_frame']:,.0f} (payload {s['payload_bytes_per_frame']:,.0f})"
         per_remote = s.get("bytes_per_remote_frame")
@@ -411,7 +413,8 @@ def summary_lines(s: dict[str, Any], info: dict[str, Any]) -> list[str]:
         b = s["bound"]
         limit = info.get("fps_limit")
         out.append(
-            f"slowest stage: {b['stage']} ({b['fps']:.1f} fps); achieved {s['achieved_fraction']:.2f} of it"
+            f"slowest stage (measured): {b['stage']} ({b['fps']:.1f} fps); "
+            f"achieved {s['achieved_fraction']:.2f} of it"
             + (f" (capture limited to {limit:g} fps by --fps)" if limit else "")
         )
     adapt = info.get("adapt")

@@ -185,6 +185,10 @@ class ImageSource(Source):
                 "source images needs Pillow: pip install pillow (or the splitpipe[edge] extra)"
             ) from None
         if not self.directory.is_dir():
+            if self.directory.exists():  # one picture given: the source takes its folder
+                raise SplitpipeError(
+                    f"source images takes a folder of pictures; {self.directory} is not a folder"
+                )
             raise SplitpipeError(f"images directory not found: {self.directory}")
         self.files = sorted(
             p for p in self.directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()

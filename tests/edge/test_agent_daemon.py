@@ -225,6 +225,9 @@ def test_bad_input_gives_one_line_and_exit_2(
         ],
         "source images needs DIR": ["agent", str(exports.local), "--source", "images"],
         "images directory not found": ["agent", str(exports.local), "--source", "images", str(tmp_path / "none")],
+        "source images takes a folder of pictures; ": [
+            "agent", str(exports.local), "--source", "images", str(exports.local / "manifest.json"),
+        ],
         "give --server HOST:PORT": ["agent", str(exports.raw)],
         "HOST:PORT": ["agent", str(exports.raw), "--server", "localhost"],
         "unknown model 'not-served'": ["agent", str(renamed), "--server", address],

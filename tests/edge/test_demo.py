@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.edge.conftest import REPO, env
 
 
@@ -71,3 +73,16 @@ def test_sigterm_stops_the_demo_and_the_server_it_started(tmp_path: Path) -> Non
     while any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children):
         assert time.monotonic() < deadline, [c.cmdline() for c in children if c.is_running()]
         time.sleep(0.1)
+
+
+@pytest.mark.skipif(not Path("/proc/version").is_file(), reason="needs Linux's /proc")
+def test_demo_out_where_nothing_can_be_written_is_one_line() -> None:
+    # /proc refuses new folders, whatever the permission bits say (root ignores them)
+    done = subprocess.run(
+        [sys.executable, "-m", "splitpipe", "demo", "--out", "/proc/splitpipe-demo-test"],
+        capture_output=True, text=True, env=env(), cwd=REPO, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().startswith(
+        "splitpipe demo: error: --out /proc/splitpipe-demo-test: cannot write there"
+    ), done.stderr

@@ -174,3 +174,38 @@ def test_bytes_per_frame_cover_every_frame_and_remote_frames_have_their_own() ->
     assert np.isclose(
         Report(frames[3:], {"path": "remote"}, counts, energy, 0, 4).summary["bytes_per_frame"], 1000
     )
+
+
+def test_frames_lost_to_a_hung_server_say_they_were_sent(exports: Exports, tmp_path: Path) -> None:
+    """A server that stops answering (SIGSTOP: the connection stays up) keeps the window's frames
+    unanswered; at the end they are lost, and the report says each was sent once."""
+    port = free_port()
+    serve = ServeProcess([exports.raw], port).start()
+    report = tmp_path / "r.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "splitpipe", "agent", str(exports.raw), "--server", f"127.0.0.1:{port}",
+         "--fps", "200", "--log-interval", "0.3", "--drain-timeout", "0.5", "--report", str(report)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), cwd=REPO,
+    )  # fmt: skip
+    assert proc.stderr is not None and serve.proc is not None
+    try:
+        for line in proc.stderr:  # frames are flowing
+            if " fps, e2e p50 " in line:
+                break
+        serve.proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.5)  # the window fills with frames sent and never answered
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        serve.proc.send_signal(signal.SIGCONT)
+        serve.stop()
+        if proc.poll() is None:
+            proc.kill()
+    data = json.loads(report.read_text())
+    lost = [f for f in data["frames"] if f["e2e_ms"] is None]
+    assert proc.returncode == 1 and len(lost) == data["summary"]["lost"] >= 4, stderr
+    sent = [f for f in lost if f["sends"] == 1]
+    assert len(sent) == 4 and all(f["sends"] in (0, 1) for f in lost)  # the window: 4 were sent
+    unsent = len(lost) - len(sent)
+    more = f", {unsent} more captured and never sent" if unsent else ""
+    assert f"4 frame(s) got no reply before shutdown{more}; reported lost" in stderr, stderr

@@ -67,7 +67,12 @@ def parse_spec(text: str) -> ModelSpec:
         return ModelSpec("torchvision", name, text)
     if re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", text):
         return ModelSpec("callable", text, text)
-    raise SplitpipeError(f"unrecognised model spec {text!r}; accepted: {accepted}")
+    hint = ""
+    if text.lower().endswith(".json"):
+        hint = " (a plan JSON is given with --from to plan, --plan to export)"
+    elif text.lower().endswith((".pt", ".pth", ".pt2", ".ckpt")):
+        hint = " (a saved state_dict is given with --weights FILE beside torchvision:NAME or package.module:callable)"
+    raise SplitpipeError(f"unrecognised model spec {text!r}; accepted: {accepted}{hint}")
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -242,6 +247,30 @@ def export_torch(module: Any, shape: tuple[int, ...]) -> onnx.ModelProto:
     return proto
 
 
+def _external_data_files(path: Path) -> list[tuple[str, Path]]:
+    """The external data files an ONNX file's tensors refer to (location, path), where they exist
+    (a missing one fails when the model is read, with ONNX's message)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not a model at all: _read_onnx says so
+        return []
+    tensors = list(model.graph.initializer)
+    for node in model.graph.node:
+        tensors += [a.t for a in node.attribute if a.HasField("t")]
+    locations = sorted(
+        {
+            e.value
+            for t in tensors
+            if t.data_location == onnx.TensorProto.EXTERNAL
+            for e in t.external_data
+            if e.key == "location"
+        }
+    )
+    return [(loc, path.parent / loc) for loc in locations if (path.parent / loc).is_file()]
+
+
 def _read_onnx(path: Path) -> onnx.ModelProto:
     import onnx
 
@@ -299,9 +328,14 @@ def load_model(
 
     if spec.kind == "onnx":
         source = Path(spec.target)
+        if source.is_dir():
+            raise SplitpipeError(f"{source} is a directory; give the path of an .onnx file")
         if not source.is_file():
             raise SplitpipeError(f"ONNX file not found: {source}")
         key_parts = ["onnx", sha256_file(source), str(input_shape)]
+        # weights kept in external data files are not in the .onnx file: retrained ones leave it
+        # byte for byte the same, and must not be served the cached copy of the old ones
+        key_parts += [f"{name}={sha256_file(data)}" for name, data in _external_data_files(source)]
     else:
         shape = input_shape or DEFAULT_IMAGE_SHAPE
         key_parts = [spec.kind, spec.target, str(shape)]
@@ -313,6 +347,12 @@ def load_model(
             key_parts.append(torch.__version__)
         except ImportError:
             pass
+    built = None
+    if spec.kind == "callable":
+        # the user's model may have changed since it was cached (a layer added, forward edited, a
+        # checkpoint the factory loads retrained) under the same spec: key on what it builds now
+        built = _build_seeded(spec)
+        key_parts.append(_fingerprint(built))
     key_parts += [_CACHE_VERSION, str(OPSET), str(IR_VERSION)]
     key = hashlib.sha256("|".join(key_parts).encode()).hexdigest()[:20]
     folder = cache_dir() / "models" / key
@@ -323,7 +363,7 @@ def load_model(
         if spec.kind == "onnx":
             raw = _read_onnx(Path(spec.target))
         else:
-            module = _torch_module(spec)
+            module = built if built is not None else _torch_module(spec)
             if weights_path:
                 _load_weights(module, weights_path)
             raw = export_torch(module, input_shape or DEFAULT_IMAGE_SHAPE)
@@ -348,6 +388,41 @@ def load_model(
         input_shapes={k: tuple(v) for k, v in meta["input_shapes"].items()},
         preprocess=meta["preprocess"],
     )
+
+
+def _build_seeded(spec: ModelSpec) -> Any:
+    """The module a callable spec builds, with random initialisation from a fixed seed (the
+    caller's random state is left as it was), so that the same code builds the same weights."""
+    try:
+        import torch
+    except ImportError:
+        return _torch_module(spec)  # which says what to install
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return _torch_module(spec)
+
+
+def _fingerprint(module: Any) -> str:
+    """A digest of what a torch module computes: its structure, the source of its classes
+    (forward), and its weights and buffers."""
+    import inspect
+
+    import torch
+
+    digest = hashlib.sha256(repr(module).encode())
+    for cls in sorted({type(m) for m in module.modules()}, key=lambda c: f"{c.__module__}.{c.__qualname__}"):
+        try:
+            digest.update(inspect.getsource(cls).encode())
+        except (OSError, TypeError):  # defined where no source is kept
+            digest.update(f"{cls.__module__}.{cls.__qualname__}".encode())
+    for name, value in module.state_dict().items():
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        try:
+            digest.update(tensor.reshape(-1).view(dtype=torch.uint8).numpy().tobytes())
+        except (RuntimeError, TypeError):  # a quantized or otherwise opaque tensor
+            digest.update(str(tensor.tolist()).encode())
+    return digest.hexdigest()
 
 
 def _write_cached(model: onnx.ModelProto, folder: Path, meta: dict[str, Any]) -> None:

@@ -22,6 +22,13 @@ def test_parse_spec_kinds() -> None:
             parse_spec(bad)
 
 
+def test_a_plan_or_a_state_dict_given_as_the_model_says_where_it_goes() -> None:
+    with pytest.raises(SplitpipeError, match=r"a plan JSON is given with --from to plan, --plan to export"):
+        parse_spec("plan.json")
+    with pytest.raises(SplitpipeError, match=r"a saved state_dict is given with --weights FILE"):
+        parse_spec("resnet.pth")
+
+
 def test_parse_shape() -> None:
     assert parse_shape("1,3,224,224") == (1, 3, 224, 224)
     for bad in ["", "1,a", "1,0,3", "-1,3"]:
@@ -141,3 +148,76 @@ def test_onnx_file_with_free_dimension_needs_input_shape(tmp_path: Path) -> None
         load_model(str(path), (1, 5))
     loaded = load_model(str(path), (2, 4))
     assert loaded.input_shapes == {"x": (2, 4)}
+
+
+def test_an_onnx_file_with_retrained_external_weights_is_not_served_from_the_cache(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    def save(weight: float) -> Path:
+        w = numpy_helper.from_array(np.full((1, 256), weight, np.float32), "w")
+        graph = helper.make_graph(
+            [helper.make_node("Add", ["x", "w"], ["a"]), helper.make_node("Relu", ["a"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256])],
+            initializer=[w],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+        path = tmp_path / "m.onnx"
+        (tmp_path / "m.data").unlink(missing_ok=True)  # onnx appends to an existing data file
+        onnx.save_model(model, str(path), save_as_external_data=True, location="m.data", size_threshold=0)
+        return path
+
+    def run(path: Path) -> float:
+        y = ort.InferenceSession(str(path)).run(None, {"x": np.zeros((1, 256), np.float32)})[0]
+        return float(y[0, 0])
+
+    first = load_model(str(save(1.0)))
+    before = (tmp_path / "m.onnx").read_bytes()
+    again = load_model(str(save(2.0)))  # the weights changed; the .onnx file did not
+    assert (tmp_path / "m.onnx").read_bytes() == before
+    assert again.path != first.path
+    assert run(first.path) == 1.0 and run(again.path) == 2.0
+
+
+def test_a_changed_model_under_the_same_spec_is_exported_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    source = tmp_path / "evolving_model.py"
+    header = "import torch\nfrom torch import nn\n\n\n"
+
+    def load(body: str) -> Path:
+        source.write_text(header + body)
+        sys.modules.pop("evolving_model", None)  # a new process imports the file anew
+        return load_model("evolving_model:build", (1, 3, 8, 8)).path
+
+    two_layers = "def build():\n    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())\n"
+    first = load(two_layers)
+    assert load(two_layers) == first  # the same code builds the same model: cached
+    # a layer added
+    assert (
+        load("def build():\n    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 1))\n")
+        != first
+    )
+    # the same layers, another forward
+    net = (
+        "class Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.conv = nn.Conv2d(3, 4, 3)\n\n    def forward(self, x):\n        return {}\n\n\n"
+        "def build():\n    return Net()\n"
+    )
+    plain = load(net.format("self.conv(x)"))
+    assert load(net.format("torch.relu(self.conv(x))")) not in (plain, first)
+    # the checkpoint the factory loads was retrained
+    ckpt = tmp_path / "ckpt.pt"
+    loads = f"def build():\n    m = nn.Conv2d(3, 4, 3)\n    m.load_state_dict(torch.load({str(ckpt)!r}))\n    return m\n"
+    torch.save(torch.nn.Conv2d(3, 4, 3).state_dict(), ckpt)
+    before = load(loads)
+    torch.save(torch.nn.Conv2d(3, 4, 3).state_dict(), ckpt)
+    assert load(loads) != before

@@ -95,13 +95,12 @@ def make_bottleneck(req: BottleneckRequest, out: str | Path, progress: Progress 
     from splitpipe.bottleneck.student import build_student
     from splitpipe.bottleneck.train import agreement, distill, finetune, predictions, top1
     from splitpipe.kernels import get_codec
-    from splitpipe.partition.export import export_split
+    from splitpipe.partition.export import BOTTLENECK_FILES, check_export_target, export_split
     from splitpipe.partition.load import DEFAULT_IMAGE_SHAPE, export_torch, load_torch_module
     from splitpipe.partition.plan import PlanRequest, analyse
 
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").is_file())):
-        raise SplitpipeError(f"{out} exists and is not a splitpipe export directory; choose another --out")
+    # the folder and the name before training, which takes minutes: the export would refuse them
+    out = check_export_target(out, req.name, BOTTLENECK_FILES)
     req.train.check()
     get_codec(req.codec)  # an unknown codec fails before any training
     shape = tuple(req.input_shape or DEFAULT_IMAGE_SHAPE)
@@ -130,7 +129,10 @@ def make_bottleneck(req: BottleneckRequest, out: str | Path, progress: Progress 
 
     stage = out.with_name(f".{out.name}.student")
     shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
+    try:
+        stage.mkdir(parents=True)
+    except OSError as exc:
+        raise SplitpipeError(f"cannot write the export to {out}: {exc.strerror or exc} ({stage})") from None
     try:
         onnx.save_model(export_torch(student.model, shape), str(stage / "student.onnx"))
         torch.save(student.model.state_dict(), stage / "student.pt")
@@ -152,6 +154,7 @@ def make_bottleneck(req: BottleneckRequest, out: str | Path, progress: Progress 
             analysis=analysis,
             codec=req.codec,
             name=req.name or f"{teacher_name}-bottleneck-{re.sub(r'[^A-Za-z0-9_.-]+', '_', student.at)}",
+            replaces=BOTTLENECK_FILES,
         )
         for name in ("student.onnx", "student.pt"):
             shutil.move(str(stage / name), str(out / name))

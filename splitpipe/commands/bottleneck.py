@@ -71,8 +71,12 @@ def _pct(value: float | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from splitpipe.bottleneck import BottleneckRequest, make_bottleneck
     from splitpipe.bottleneck.train import TrainOptions
+    from splitpipe.errors import check_output_dir, check_writable
     from splitpipe.partition.load import parse_shape
 
+    # before training, which takes minutes
+    check_output_dir(args.out, "--out", "the export")
+    check_writable(args.out, "--out")
     req = BottleneckRequest(
         model=args.model,
         at=args.at,

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,14 +124,16 @@ def batchable(tail: onnx.ModelProto, feed: dict[str, np.ndarray]) -> onnx.ModelP
     return model
 
 
-#: what an export directory holds besides the files its manifest lists (a learned bottleneck's
-#: student, docs/bottleneck.md)
-_EXPORT_EXTRAS = {"manifest.json", "head.onnx", "tail.onnx", "student.onnx", "student.pt"}
+#: what an export directory holds besides the files its manifest lists
+_EXPORT_FILES = {"manifest.json", "head.onnx", "tail.onnx"}
+#: what a learned bottleneck adds (docs/bottleneck.md): the trained student, which only a new
+#: bottleneck replaces (an export of one of the student's splits into its folder would delete it)
+BOTTLENECK_FILES = ("student.onnx", "student.pt")
 
 
-def _foreign_entries(out: Path) -> list[str]:
-    """Entries of an existing export directory that neither an export nor its manifest's
-    compiled parts account for: replacing the folder would delete them."""
+def _foreign_entries(out: Path, also: tuple[str, ...] = ()) -> list[str]:
+    """Entries of an existing export directory that neither an export (with ``also``) nor its
+    manifest's compiled parts account for: replacing the folder would delete them."""
     if not (out / "manifest.json").is_file():
         return []
     try:
@@ -139,7 +142,36 @@ def _foreign_entries(out: Path) -> list[str]:
         listed |= {str(c["path"]) for c in (manifest.get("compiled") or {}).values()}
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         listed = set()  # a damaged manifest: the export being written replaces it
-    return sorted(p.name for p in out.iterdir() if p.name not in _EXPORT_EXTRAS | listed)
+    return sorted(p.name for p in out.iterdir() if p.name not in _EXPORT_FILES | set(also) | listed)
+
+
+def check_export_target(out: str | Path, name: str | None = None, replaces: tuple[str, ...] = ()) -> Path:
+    """``out`` (and ``name``) as an export can be written there, checked before any work (a
+    learned bottleneck trains for minutes first): a new folder, an empty one, or an earlier
+    export holding nothing that replacing it would lose. See :func:`export_split`."""
+    if name is not None and not valid_model_name(name):
+        raise SplitpipeError(f"--name {name!r}: a served model's name must be {NAME_RULE}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").is_file())):
+        raise SplitpipeError(f"{out} exists and is not a splitpipe export directory; choose another --out")
+    here = Path.cwd().resolve()
+    if out.resolve() in (here, *here.parents):
+        raise SplitpipeError(
+            f"--out {out} is the current folder (or holds it), which exporting replaces as a whole; "
+            "give a folder below it, such as ./export"
+        )
+    foreign = _foreign_entries(out, replaces)
+    if set(foreign) & set(BOTTLENECK_FILES):
+        raise SplitpipeError(
+            f"{out} holds a learned bottleneck's trained student ({', '.join(sorted(set(foreign) & set(BOTTLENECK_FILES)))}), "
+            "which exporting into the folder would delete; choose another --out"
+        )
+    if foreign:
+        raise SplitpipeError(
+            f"{out} holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, which no export wrote, "
+            "and exporting replaces the folder; move them, or choose another --out"
+        )
+    return out
 
 
 def export_split(
@@ -155,6 +187,7 @@ def export_split(
     codec: str | None = None,
     calibrate: bool = False,
     fold_qdq: bool = False,
+    replaces: tuple[str, ...] = (),
 ) -> ExportResult:
     """Write the split ``split_id`` of ``req.model`` to ``out`` and verify it.
 
@@ -167,22 +200,14 @@ def export_split(
     ``fold_qdq`` (symmetric int8 codecs) bakes the quantization into the graphs: the head ends
     in QuantizeLinear and sends int8, the tail starts with DequantizeLinear, so that runtimes
     that know only standard ONNX (TensorRT, a stock Triton server) carry the compression.
+    ``replaces`` names further files an earlier export in ``out`` may hold that this one replaces
+    (a learned bottleneck's student); any other file that no export wrote stops the export.
     """
     import onnx
 
     from splitpipe.kernels import get_codec, parse_name
 
-    if name is not None and not valid_model_name(name):
-        raise SplitpipeError(f"--name {name!r}: a served model's name must be {NAME_RULE}")
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").is_file())):
-        raise SplitpipeError(f"{out} exists and is not a splitpipe export directory; choose another --out")
-    foreign = _foreign_entries(out)
-    if foreign:
-        raise SplitpipeError(
-            f"{out} holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, which no export wrote, "
-            "and exporting replaces the folder; move them, or choose another --out"
-        )
+    out = check_export_target(out, name, replaces)
     a = analysis or analyse(req)
     graph = a.graph
     by_id: dict[int | str, Cut] = {c.id: c for c in a.cuts}
@@ -195,6 +220,7 @@ def export_split(
     if plan is None:
         plan = make_plan(PlanRequest(**{**asdict(req), "profile_mode": "analytic"}), analysis=a)
     predicted = plan.option(split_id)
+    _check_plan_fits(plan, predicted, graph, cut, req.model)
     codec_name = codec or (predicted.codec if predicted.codec != "none" else "raw")
     get_codec(codec_name)  # an unknown name fails here, listing the accepted forms
     if not local and codec_name != predicted.codec:  # the plan predicted another codec: predict this one
@@ -241,10 +267,12 @@ def export_split(
     if batched is not None:
         tail = batched
 
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp: Path | None = None
+    target = out.resolve()  # `--out .` has no name to put a folder beside; a link keeps pointing
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # a folder of its own beside the target: two exports to one place do not share it
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
         onnx.save_model(head, str(tmp / "head.onnx"))
         if tail is not None:
             onnx.save_model(tail, str(tmp / "tail.onnx"))
@@ -253,12 +281,58 @@ def export_split(
         )
         manifest["verification"] = verification
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        _replace_dir(tmp, target)
+    except OSError as exc:
+        raise SplitpipeError(
+            f"cannot write the export to {out}: {exc.strerror or exc}"
+            + (f" ({exc.filename})" if exc.filename else "")
+            + "; the folder was left as it was"
+        ) from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(out, manifest, verification["max_abs"], verification["max_rel"])
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Move folder ``new`` to ``out``, replacing an earlier ``out`` only once ``new`` is in place:
+    a failure or an interrupt on the way leaves the earlier one whole."""
+    if not out.exists():
+        new.rename(out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    old.rmdir()  # only the unique name is needed
+    out.rename(old)
+    try:
+        new.rename(out)
+    except BaseException:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_plan_fits(plan: Plan, predicted: Any, graph: Graph, cut: Cut, model: str) -> None:
+    """The plan's option must describe this cut of the model as it is now: a model file or
+    factory changed since planning numbers its cuts anew, and the plan's predictions (and its
+    split id) would then belong to another cut."""
+
+    def described(tensors: list[tuple[Any, list[Any]]]) -> str:
+        return ", ".join(f"{n} {s}" for n, s in tensors) or "nothing"
+
+    here_io = [(t, list(graph.info(t).shape)) for t in [*graph.inputs, *graph.outputs]]
+    planned_io = [(t.get("name"), list(t.get("shape") or [])) for t in [*plan.inputs, *plan.outputs]]
+    here = [(t, list(graph.info(t).shape)) for t in cut.tensors]
+    planned = [(t.get("name"), list(t.get("shape") or [])) for t in predicted.tensors]
+    if planned_io != here_io or planned != here:
+        what = (
+            f"inputs and outputs {described(planned_io)}, the model now {described(here_io)}"
+            if planned_io != here_io
+            else f"split {predicted.id} sends {described(planned)}, the model now {described(here)}"
+        )
+        raise SplitpipeError(
+            f"the plan does not fit {model} as it is now (plan: {what}); the model changed since it "
+            "was planned: plan it again"
+        )
 
 
 def _verify(

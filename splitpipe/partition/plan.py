@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -113,11 +114,35 @@ class PlanRequest:
                 raise SplitpipeError(
                     f"plan request field {f.name!r} must be {_kind(default)}, got {kwargs[f.name]!r}"
                 )
-        if kwargs.get("input_shape"):
-            kwargs["input_shape"] = tuple(int(d) for d in kwargs["input_shape"])
+        for name, kind in _OPTIONAL_FIELDS.items():
+            if kwargs.get(name) is not None and not _of_type(kwargs[name], kind()):
+                raise SplitpipeError(
+                    f"plan request field {name!r} must be {_kind(kind())} or null, got {kwargs[name]!r}"
+                )
+        shape = kwargs.get("input_shape")
+        if shape is not None and not (
+            isinstance(shape, list)
+            and shape
+            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+        ):
+            raise SplitpipeError(
+                f"plan request field 'input_shape' must be a list of positive integers or null, got {shape!r}"
+            )
+        if shape:
+            kwargs["input_shape"] = tuple(shape)
         if "objectives" in kwargs:
             kwargs["objectives"] = tuple(kwargs["objectives"])
         return cls(**kwargs)
+
+
+#: request fields that may be null (default None), and what they are otherwise
+_OPTIONAL_FIELDS: dict[str, type] = {
+    "weights": str,
+    "max_error": float,
+    "calibration_images": str,
+    "device_from": str,
+    "server_from": str,
+}
 
 
 def _of_type(value: Any, default: Any) -> bool:
@@ -235,7 +260,16 @@ class Plan:
         return out
 
     def write(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        """Write the plan JSON; an earlier file at ``path`` stays whole until the new one is complete."""
+        out = Path(path).resolve()  # a link keeps pointing at the file
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+            os.replace(tmp, out)
+        except OSError as exc:
+            raise SplitpipeError(f"cannot write the plan to {out}: {exc.strerror or exc}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Plan:
@@ -246,10 +280,57 @@ class Plan:
                 f"plan JSON version {data.get('version')!r} is not supported; accepted: {PLAN_VERSION}"
             )
         kw = {f.name: data[f.name] for f in fields(cls)}
+        if not isinstance(data["request"], dict):
+            raise SplitpipeError(f"'request' must be an object, got {data['request']!r}")
         kw["request"] = PlanRequest.from_json(data["request"])
-        kw["candidates"] = [Option(**c) for c in data["candidates"]]
-        kw["baselines"] = {k: Option(**v) for k, v in data["baselines"].items()}
+        for name in ("device", "server", "link", "baselines", "best", "profiling"):
+            if not isinstance(data[name], dict):
+                raise SplitpipeError(f"{name!r} must be an object, got {_short(data[name])}")
+        for name in ("inputs", "outputs", "candidates"):
+            if not isinstance(data[name], list) or not all(isinstance(t, dict) for t in data[name]):
+                raise SplitpipeError(f"{name!r} must be a list of objects, got {_short(data[name])}")
+        for name in ("bandwidth_mbps", "rtt_ms"):
+            value = data["link"].get(name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise SplitpipeError(f"'link' field {name!r} must be a number, got {_short(value)}")
+        if sorted(data["baselines"]) != ["local", "offload"]:
+            raise SplitpipeError(f"'baselines' must hold local and offload, got {sorted(data['baselines'])}")
+        kw["candidates"] = [_option(c, f"candidate {i}") for i, c in enumerate(data["candidates"])]
+        kw["baselines"] = {k: _option(v, f"baseline {k}") for k, v in data["baselines"].items()}
         return cls(**kw)
+
+
+def _option(data: Any, where: str) -> Option:
+    """An option of a plan JSON, its figures checked: they become an export's predictions."""
+    if not isinstance(data, dict):
+        raise SplitpipeError(f"{where} must be an object, got {_short(data)}")
+    opt = Option(**data)
+    for f in fields(Option):
+        value = getattr(opt, f.name)
+        if f.name in ("label", "codec"):
+            ok = isinstance(value, str)
+        elif f.name == "id":
+            ok = isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+        elif f.name == "pareto":
+            ok = isinstance(value, bool)
+        elif f.name == "estimated":
+            ok = isinstance(value, dict) and all(isinstance(v, bool) for v in value.values())
+        elif f.name == "tensors":
+            ok = isinstance(value, list) and all(
+                isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("shape"), list)
+                for t in value
+            )
+        else:  # a figure
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            raise SplitpipeError(f"{where}: field {f.name!r} has the wrong type, got {_short(value)}")
+    return opt
+
+
+def _short(value: Any) -> str:
+    """``value`` for a one-line message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def read_plan(path: str | Path) -> Plan:
@@ -264,6 +345,8 @@ def read_plan(path: str | Path) -> Plan:
         return Plan.from_json(data)
     except (KeyError, TypeError) as exc:
         raise SplitpipeError(f"{p}: malformed plan JSON ({type(exc).__name__}: {exc})") from None
+    except SplitpipeError as exc:
+        raise SplitpipeError(f"{p}: {exc}") from None
 
 
 def resolve_profile(name: str) -> DeviceProfile:
@@ -284,6 +367,15 @@ def _validate(req: PlanRequest) -> None:
         raise choices("profile mode", req.profile_mode, PROFILE_MODES)
     if req.threads < 1:
         raise SplitpipeError(f"--threads must be at least 1, got {req.threads}")
+    measured_here = (req.device == "local" and not req.device_from) or (
+        req.server == "local" and not req.server_from
+    )
+    if measured_here and req.profile_mode != "analytic" and req.threads > (os.cpu_count() or 1):
+        # ONNX Runtime would start every thread asked for: a typo (100000) stalls the machine
+        raise SplitpipeError(
+            f"--threads {req.threads} is more than the {os.cpu_count() or 1} CPUs of this machine, "
+            "which measures the model"
+        )
     if req.window < 1:
         raise SplitpipeError(f"--window must be at least 1 frame in flight, got {req.window}")
     if req.repeats < 1 or req.warmup < 0:
@@ -489,10 +581,15 @@ def make_plan(req: PlanRequest, progress: Progress | None = None, analysis: Anal
             "encode_ms": req.device != "local" or dev_from is not None,
             "decode_ms": req.server != "local" or srv_from is not None,
             "tx_bytes": False,
+            "reply_bytes": False,  # the outputs' sizes, exact
+            "codec_error": False,  # measured on the calibration inputs
             "tx_ms": sent,
+            "rtt_ms": sent,  # the link's, as given
+            "reply_ms": sent,
             "e2e_ms": sent or dev_t.estimated,
             "device_energy_mj": True,
             "head_mem_bytes": True,
+            "head_flops": True,  # counted by the FLOP convention of flops.py
             "overhead_ms": True,
             "stage_ms": sent or dev_t.estimated,
             "fps": True,
@@ -646,8 +743,9 @@ def with_codec(
         device_energy_mj=device_energy_mj(stages, times, device),
         estimated={
             **option.estimated,
-            "encode_ms": req.device != "local",
-            "decode_ms": req.server != "local",
+            # measured here: the device's or the server's only where this machine is that side
+            "encode_ms": req.device != "local" or req.device_from is not None,
+            "decode_ms": req.server != "local" or req.server_from is not None,
         },
         tx_ms=times["tx_ms"],
         rtt_ms=times["rtt_ms"],

@@ -152,6 +152,42 @@ def test_two_stages_give_a_small_accurate_split(trained: tuple[Path, dict]) -> N
     load_export(out)  # the sha256 of the head, the codec and the specs check out
 
 
+def test_a_folder_the_export_would_refuse_is_refused_before_training(tmp_path: Path) -> None:
+    out = tmp_path / "bf"
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    req = BottleneckRequest(MODEL, "layer1", "digits", input_shape=SHAPE, train=FAST)
+    lines: list[str] = []
+    with pytest.raises(SplitpipeError, match=r"holds notes.txt, which no export wrote"):
+        make_bottleneck(req, out, lines.append)
+    assert lines == []  # nothing was loaded or trained
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_bottleneck_replaces_its_own_student_and_an_export_does_not(
+    trained: tuple[Path, dict],  # type: ignore[type-arg]
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    from splitpipe.partition.export import export_split
+    from splitpipe.partition.plan import PlanRequest
+
+    out = tmp_path / "bf"
+    shutil.copytree(trained[0], out)
+    student = PlanRequest(model=str(out / "student.onnx"), profile_mode="analytic")
+    with pytest.raises(SplitpipeError, match="holds a learned bottleneck's trained student"):
+        export_split(student, 1, out)  # another split of the student, into its own folder
+    assert (out / "student.pt").read_bytes() == (trained[0] / "student.pt").read_bytes()
+    req = BottleneckRequest(
+        MODEL, "layer1", "digits", input_shape=SHAPE, channels=2, width=16, holdout=100, train=FAST
+    )
+    make_bottleneck(req, out, lambda line: None)  # trained again: the new student replaces the old
+    assert json.loads((out / "manifest.json").read_text())["bottleneck"]["width"] == 16
+    assert (out / "student.pt").is_file() and (out / "student.onnx").is_file()
+
+
 def test_the_export_classifies_digits_through_serve_and_agent(
     trained: tuple[Path, dict],
     tmp_path: Path,  # type: ignore[type-arg]
@@ -246,6 +282,8 @@ def test_cli_trains_from_an_unlabelled_folder(
         (["--codec", "int9"], "codec"),
         (["--holdout", "5000"], "--holdout must be between 1 and"),
         (["--distill-epochs", "0"], "--distill-epochs must be at least 1"),
+        # refused before training, not by the export after it
+        (["--name", "a b"], "--name 'a b': a served model's name must be"),
     ],
 )
 def test_cli_bad_input_is_one_line(

@@ -150,3 +150,90 @@ def test_a_name_the_server_would_refuse_is_refused_at_export(tmp_path: Path) -> 
     ):
         export_split(REQ, 1, tmp_path / "x", name="a b/c")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_plan_made_before_the_model_changed_is_refused(tmp_path: Path) -> None:
+    import onnx
+    from onnx import helper
+
+    from tests.partition.graphs import build, chain
+
+    model = tmp_path / "m.onnx"
+    onnx.save_model(chain(), str(model))  # x -> Relu a -> Sigmoid b -> Tanh y
+    req = PlanRequest(model=str(model), profile_mode="analytic")
+    plan = make_plan(req)
+    assert [t["name"] for t in plan.option(1).tensors] == ["b"]
+    # the same inputs and outputs, one more layer: split 1 is another tensor now
+    longer = build(
+        [
+            helper.make_node("Relu", ["x"], ["a"]),
+            helper.make_node("Exp", ["a"], ["e"]),
+            helper.make_node("Sigmoid", ["e"], ["b"]),
+            helper.make_node("Tanh", ["b"], ["y"]),
+        ],
+        {"x": [1, 4]},
+        ["y"],
+    )
+    onnx.save_model(longer, str(model))
+    with pytest.raises(
+        SplitpipeError, match=r"the plan does not fit .*split 1 sends b \[1, 4\], the model now e"
+    ):
+        export_split(req, 1, tmp_path / "out", plan=plan)
+    assert not (tmp_path / "out").exists()
+    export_split(req, 1, tmp_path / "out", plan=make_plan(req))  # planned again, it exports
+
+
+def test_an_unwritable_place_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SplitpipeError, match="cannot write the export to /proc/splitpipe-test/split"):
+        export_split(REQ, 1, Path("/proc/splitpipe-test/split"))
+
+
+def test_replacing_an_export_leaves_no_temporary_folders(tmp_path: Path) -> None:
+    out = tmp_path / "split"
+    export_split(REQ, 1, out)
+    export_split(REQ, 2, out)
+    assert [p.name for p in tmp_path.iterdir()] == ["split"]
+    assert json.loads((out / "manifest.json").read_text())["split"]["id"] == 2
+
+
+def test_codec_times_measured_here_are_not_the_devices(tmp_path: Path) -> None:
+    """A plan with the device's own times (--device-from): another codec at export is timed on
+    this machine, which is not the device, so its encode time is an estimate there."""
+    from dataclasses import replace
+
+    device_plan = tmp_path / "device.json"
+    here = PlanRequest(model=REQ.model, input_shape=REQ.input_shape, profile_mode="analytic")
+    make_plan(here).write(device_plan)
+    req = replace(here, device_from=str(device_plan), server="gpu-server")
+    m = export_split(req, 2, tmp_path / "s", plan=make_plan(req), codec="int8").manifest
+    assert m["predictions"]["codec"] == "int8"
+    assert m["predictions"]["estimated"]["encode_ms"] is True
+    assert m["predictions"]["estimated"]["decode_ms"] is True
+
+
+def test_exporting_into_a_learned_bottlenecks_folder_keeps_its_student(tmp_path: Path) -> None:
+    out = tmp_path / "bf"
+    export_split(REQ, 1, out)
+    (out / "student.pt").write_bytes(b"trained for an hour")  # what `splitpipe bottleneck` adds
+    with pytest.raises(SplitpipeError, match=r"holds a learned bottleneck's trained student \(student.pt\)"):
+        export_split(REQ, 2, out)
+    assert (out / "student.pt").read_bytes() == b"trained for an hour"
+    assert json.loads((out / "manifest.json").read_text())["split"]["id"] == 1
+    export_split(REQ, 2, out, replaces=("student.onnx", "student.pt"))  # a new bottleneck replaces it
+    assert not (out / "student.pt").exists()
+
+
+def test_the_current_folder_is_refused_and_a_link_is_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "split"
+    export_split(REQ, 1, out)
+    monkeypatch.chdir(out)  # exporting replaces the folder: a shell in it would be left in a deleted one
+    with pytest.raises(SplitpipeError, match=r"--out \. is the current folder"):
+        export_split(REQ, 2, ".")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "latest").symlink_to("split")
+    export_split(REQ, 2, tmp_path / "latest")  # the folder it points to is replaced; the link stays
+    assert (tmp_path / "latest").is_symlink()
+    assert json.loads((out / "manifest.json").read_text())["split"]["id"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "split"]

@@ -350,3 +350,66 @@ def test_throughput_objective() -> None:
     assert_front_exact(plan)
     again = Plan.from_json(json.loads(json.dumps(plan.to_json())))
     assert [o.fps for o in again.options()] == [o.fps for o in plan.options()]
+
+
+def test_every_figure_says_whether_it_was_measured(tiny_plan: Plan) -> None:
+    figures = {"tensors", "id", "label", "codec", "pareto", "estimated"}
+    for o in tiny_plan.options():
+        numbers = {k for k, v in vars(o).items() if k not in figures and isinstance(v, (int, float))}
+        assert numbers <= set(o.estimated), f"option {o.id}: no flag for {sorted(numbers - set(o.estimated))}"
+    c = tiny_plan.candidates[0]
+    assert c.estimated["rtt_ms"] and c.estimated["reply_ms"] and c.estimated["head_flops"]
+    assert not c.estimated["codec_error"] and not c.estimated["reply_bytes"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda p: p["request"].update(input_shape="1,3,32,32"), "'input_shape' must be a list of positive"),
+        (
+            lambda p: p["request"].update(input_shape=[1, 3, -32, 32]),
+            "'input_shape' must be a list of positive",
+        ),
+        (lambda p: p["request"].update(weights=5), "'weights' must be a string or null, got 5"),
+        (lambda p: p["request"].update(max_error="high"), "'max_error' must be a number or null"),
+        (lambda p: p.update(request=[]), "'request' must be an object"),
+        (lambda p: p.update(device="rpi4"), "'device' must be an object, got 'rpi4'"),
+        (lambda p: p.update(candidates={}), "'candidates' must be a list of objects"),
+        (lambda p: p.update(baselines={}), "'baselines' must hold local and offload"),
+        (lambda p: p["link"].pop("rtt_ms"), "'link' field 'rtt_ms' must be a number, got None"),
+        (
+            lambda p: p["candidates"][1].update(head_ms="fast"),
+            "candidate 1: field 'head_ms' has the wrong type",
+        ),
+        (
+            lambda p: p["candidates"][0].update(tensors=None),
+            "candidate 0: field 'tensors' has the wrong type",
+        ),
+    ],
+)
+def test_a_damaged_plan_json_is_one_clear_error(tiny_plan: Plan, tmp_path: Path, change, message) -> None:  # type: ignore[no-untyped-def]
+    data = json.loads(json.dumps(tiny_plan.to_json()))  # a copy: the plan is shared
+    change(data)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(SplitpipeError, match=f"^{path}: .*{message}"):
+        read_plan(path)
+
+
+def test_writing_a_plan_replaces_the_file_whole_or_says_why_not(tiny_plan: Plan, tmp_path: Path) -> None:
+    path = tmp_path / "plan.json"
+    path.write_text("an earlier plan")
+    tiny_plan.write(path)
+    assert read_plan(path).candidates == tiny_plan.candidates
+    assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]  # no temporary file left
+    with pytest.raises(SplitpipeError, match=r"cannot write the plan to /proc/splitpipe-test/plan\.json"):
+        tiny_plan.write("/proc/splitpipe-test/plan.json")
+
+
+def test_more_threads_than_cpus_are_refused_where_they_would_measure() -> None:
+    from dataclasses import replace
+
+    with pytest.raises(SplitpipeError, match=r"--threads 100000 is more than the \d+ CPUs of this machine"):
+        make_plan(replace(TINY, threads=100_000))
+    # where nothing is measured here, the setting does not matter
+    assert make_plan(replace(TINY, threads=100_000, profile_mode="analytic")).candidates

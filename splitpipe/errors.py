@@ -35,10 +35,38 @@ def check_output_file(path: str | Path, option: str, example: str = "out.json") 
     out = Path(path)
     if out.is_dir():
         raise SplitpipeError(f"{option} {out} is a directory; give a file name such as {out / example}")
+    if out.exists() and not out.is_file():  # written beside and renamed over: as root, /dev/null went
+        raise SplitpipeError(
+            f"{option} {out} is not a regular file (a device or a pipe), which writing would replace; "
+            f"give a file name such as {example}"
+        )
     _check_parents(out, option)
     if not out.parent.is_dir():
         raise SplitpipeError(f"{option} {out}: folder {out.parent} does not exist")
     return out
+
+
+def check_writable(path: str | Path, option: str, *, inside: bool = False) -> None:
+    """Fail in one line now, rather than with a traceback after minutes of planning, training or
+    streaming, where ``path`` (a file or folder that the command creates or replaces, with any
+    missing parent folders; with ``inside``, a folder the command writes into) cannot be
+    written: a probe file is made and removed in the nearest folder that exists. Permission
+    bits alone do not tell (root ignores them; /proc and read-only mounts refuse anyway)."""
+    import os
+    import tempfile
+
+    out = Path(path).absolute()
+    folder = out if inside else out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".splitpipe-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise SplitpipeError(
+            f"{option} {path}: cannot write in {folder} ({exc.strerror or exc}); give a writable path"
+        ) from None
 
 
 def _check_parents(out: Path, option: str) -> None:

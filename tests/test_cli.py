@@ -10,6 +10,15 @@ from pathlib import Path
 import pytest
 
 TINY = ["tests.fixtures.models:tiny_net", "--input-shape", "1,3,32,32"]
+BOTTLENECK = [
+    "tests.fixtures.models:digit_net",
+    "--input-shape",
+    "1,1,16,16",
+    "--at",
+    "layer1",
+    "--data",
+    "digits",
+]
 
 
 def splitpipe(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -52,6 +61,10 @@ def assert_user_error(proc: subprocess.CompletedProcess[str], *fragments: str) -
             ["unknown split id 42; accepted: 0, 1"],
         ),
         (["export", *TINY, "--out", "/tmp/x"], ["--split"]),
+        (
+            ["export", *TINY, "--split", "1", "--codec", "auto", "--out", "/tmp/never-written"],
+            ["--codec auto chooses per split when planning", "--plan PLAN.json"],
+        ),
         (["plan", "--from", "/nonexistent/plan.json"], ["plan file not found"]),
         # output paths are checked before planning
         (
@@ -72,6 +85,29 @@ def assert_user_error(proc: subprocess.CompletedProcess[str], *fragments: str) -
         (
             ["export", *TINY, "--split", "1", "--out", f"{__file__}/out"],
             [f"{__file__} is a file, not a folder"],
+        ),
+        (["plan", "/tmp"], ["/tmp is a directory; give the path of an .onnx file"]),
+        # outputs that cannot be written (/proc takes no new files, whoever runs this) are refused
+        # before any planning, training or measuring
+        (
+            ["plan", *TINY, "--json", "/proc/splitpipe-plan.json"],
+            ["--json /proc/splitpipe-plan.json: cannot write in /proc"],
+        ),
+        (
+            ["export", *TINY, "--split", "1", "--out", "/proc/splitpipe-test/out"],
+            ["--out /proc/splitpipe-test/out: cannot write in /proc"],
+        ),
+        (
+            ["bottleneck", *BOTTLENECK, "--out", "/proc/splitpipe-test/bf"],
+            ["--out /proc/splitpipe-test/bf: cannot write in /proc"],
+        ),
+        (
+            ["triton-repo", "nowhere", "--repo", "/proc/splitpipe-test/repo"],
+            ["--repo /proc/splitpipe-test/repo: cannot write in /proc"],
+        ),
+        (
+            ["profile", "--quick", "--out", "/proc/splitpipe-device.json"],
+            ["--out /proc/splitpipe-device.json: cannot write in /proc"],
         ),
     ],
 )

@@ -4,6 +4,7 @@ an export built for the machine that runs it, measured against the float part (d
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,11 +85,16 @@ def _progress(message: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from splitpipe.edge.options import parse_source
-    from splitpipe.errors import SplitpipeError
+    from splitpipe.errors import SplitpipeError, check_writable
     from splitpipe.partition.compile import CompileOptions, compile_export
 
-    if args.threads < 0:
-        raise SplitpipeError(f"--threads must be >= 0 (0 lets ONNX Runtime choose), got {args.threads}")
+    if not 0 <= args.threads <= (os.cpu_count() or 1):
+        raise SplitpipeError(
+            f"--threads must be between 0 (ONNX Runtime chooses) and {os.cpu_count() or 1} (the CPUs of "
+            f"this machine), got {args.threads}"
+        )
+    if args.export_dir.is_dir():  # the compiled part and the manifest are written into it
+        check_writable(args.export_dir, "EXPORT_DIR", inside=True)
     options = CompileOptions(
         part=args.part,
         target=args.target,

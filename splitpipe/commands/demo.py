@@ -72,7 +72,7 @@ class _Steps:
 def run(args: argparse.Namespace) -> int:
     import tempfile
 
-    from splitpipe.errors import SplitpipeError, check_output_dir
+    from splitpipe.errors import SplitpipeError, check_output_dir, check_writable
 
     if args.frames < 10:
         raise SplitpipeError(f"--frames must be at least 10, got {args.frames}")
@@ -81,12 +81,8 @@ def run(args: argparse.Namespace) -> int:
     _terminate_cleanly()
     if args.out is not None:
         out = check_output_dir(args.out, "--out", "the exports and reports")
-        try:  # and made now, before the minutes of planning and exporting
-            out.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=out):
-                pass
-        except OSError as exc:
-            raise SplitpipeError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+        check_writable(out, "--out")  # now, before the minutes of planning and exporting
+        out.mkdir(parents=True, exist_ok=True)
         return _demo(args, args.out)
     with tempfile.TemporaryDirectory(prefix="splitpipe-demo-") as tmp:
         _CLEANUP.append(Path(tmp))

@@ -66,14 +66,20 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from splitpipe.errors import SplitpipeError, check_output_dir
+    from splitpipe.errors import SplitpipeError, check_output_dir, check_writable
     from splitpipe.partition.export import export_split
     from splitpipe.partition.plan import read_plan
 
     check_output_dir(args.out, "--out", "the export")
+    check_writable(args.out, "--out")
     if not (args.tolerance > 0 and args.tolerance < float("inf")):
         raise SplitpipeError(
             f"--tolerance must be a positive number (a relative difference), got {args.tolerance}"
+        )
+    if args.codec == "auto":
+        raise SplitpipeError(
+            "--codec auto chooses per split when planning; export takes the plan's choice for the "
+            "split (--plan PLAN.json, from `splitpipe plan --codec auto`) or a codec name such as int8+zstd"
         )
     plan = None
     if args.plan:

@@ -251,15 +251,17 @@ def progress_bar() -> Any:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from splitpipe.errors import check_output_file, check_plot_file
+    from splitpipe.errors import check_output_file, check_plot_file, check_writable
     from splitpipe.partition.plan import make_plan, read_plan
     from splitpipe.partition.report import plot_plan, print_plan
 
     # before planning, which can take minutes
     if args.json:
         check_output_file(args.json, "--json", "plan.json")
+        check_writable(args.json, "--json")
     if args.plot:
         check_plot_file(args.plot, example="pareto.png")
+        check_writable(args.plot, "--plot")
     if args.replay:
         stray = given_request_flags(args)
         if stray:

@@ -99,15 +99,19 @@ def run(args: argparse.Namespace) -> int:
     from splitpipe.devices.microbench import profile_this_machine
     from splitpipe.devices.profile import load_profile
     from splitpipe.devices.runtimes.ort import resolve_providers
-    from splitpipe.errors import SplitpipeError, check_output_file
+    from splitpipe.errors import SplitpipeError, check_output_file, check_writable
 
-    if args.threads < 1:
-        raise SplitpipeError(f"--threads must be at least 1, got {args.threads}")
+    if not 1 <= args.threads <= (os.cpu_count() or 1):
+        # ONNX Runtime would start every thread asked for, and a typo (100000) stalls the device
+        raise SplitpipeError(
+            f"--threads must be at least 1 and at most {os.cpu_count() or 1} (the CPUs of this machine), got {args.threads}"
+        )
     for flag in ("idle_seconds", "load_seconds"):
         value = getattr(args, flag)
         if value is not None and not value > 0:
             raise SplitpipeError(f"--{flag.replace('_', '-')} must be positive, got {value}")
     out = check_output_file(args.out, "--out", "device.json")
+    check_writable(out, "--out")
     name = args.name or out.stem
     resolve_providers([args.provider])  # before any work: the error lists what exists
     base = load_profile(args.base) if args.base else None

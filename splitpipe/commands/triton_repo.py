@@ -54,10 +54,11 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from splitpipe.errors import check_output_dir
+    from splitpipe.errors import check_output_dir, check_writable
     from splitpipe.server.triton import TritonOptions, write_repository
 
     check_output_dir(args.repo, "--repo", "the model repository")
+    check_writable(args.repo, "--repo", inside=True)
 
     options = TritonOptions(
         max_batch=args.max_batch,

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from splitpipe.devices.runtimes import check_onnx_runtime
 from splitpipe.edge.adapt import AdaptOptions
-from splitpipe.errors import SplitpipeError, check_output_file
+from splitpipe.errors import SplitpipeError, check_output_file, check_writable
 from splitpipe.tls import ClientTls
 
 MIB = 1 << 20
@@ -90,26 +89,6 @@ def parse_address(text: str) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"{host}:{int(port)}"
-
-
-def check_report_file(path: str | Path) -> Path:
-    """``--report``: a file the agent can write at its end. The report goes to a temporary file
-    beside it, then is renamed over it, so the name must be a regular file or new (never a device
-    such as /dev/null, which the rename would replace), in a folder this process can write."""
-    out = check_output_file(path, "--report", "report.json")
-    if out.exists() and not out.is_file():
-        raise SplitpipeError(
-            f"--report {out} is not a regular file (a device or a pipe); the report replaces the file "
-            "it names: give a file name such as report.json"
-        )
-    try:
-        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".check"):
-            pass
-    except OSError as exc:
-        raise SplitpipeError(
-            f"--report {out}: cannot write in {out.parent} ({exc.strerror or exc})"
-        ) from None
-    return out
 
 
 @dataclass(frozen=True)
@@ -206,7 +185,10 @@ class AgentOptions:
         object.__setattr__(self, "more_exports", tuple(Path(p) for p in self.more_exports))
         check_onnx_runtime(self.runtime)
         if self.report is not None:  # checked now: a report that cannot be written would lose the run
-            object.__setattr__(self, "report", check_report_file(self.report))
+            # the report goes to a file beside it, renamed over it at the end: a regular file or
+            # a new one (never a device), in a folder this process can write
+            object.__setattr__(self, "report", check_output_file(self.report, "--report", "report.json"))
+            check_writable(self.report, "--report")
         if self.server is not None:
             object.__setattr__(self, "server", parse_address(self.server))
         if self.frames is not None and self.frames < 1:

@@ -117,6 +117,8 @@ def test_profile_with_a_meter(capsys: pytest.CaptureFixture[str], tmp_path: Path
     ("argv", "message"),
     [
         (["--threads", "0"], "--threads must be at least 1"),
+        # ONNX Runtime would start them all and stall the device
+        (["--threads", "100000"], "--threads must be at least 1 and at most"),
         (["--base", "jetson-tx9"], "unknown device 'jetson-tx9'; accepted: local"),
         (["--provider", "cuda"], "Requested provider was: cuda, but available providers are"),
         (["--meter", "rapl"], "meter 'rapl' is unavailable: no Intel RAPL zones"),

@@ -84,5 +84,5 @@ def test_demo_out_where_nothing_can_be_written_is_one_line() -> None:
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().startswith(
-        "splitpipe demo: error: --out /proc/splitpipe-demo-test: cannot write there"
+        "splitpipe demo: error: --out /proc/splitpipe-demo-test: cannot write in /proc"
     ), done.stderr

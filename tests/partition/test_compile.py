@@ -222,6 +222,7 @@ def test_tensorrt_unavailable_is_one_line_and_writes_nothing(
         (["--part", "head", "--target", "onnx"], "unknown target 'onnx'; accepted: ort, ort-int8, tensorrt"),
         (["--part", "head", "--target", "ort", "--fp16"], "--fp16 applies to --target tensorrt, not ort"),
         (["--part", "head", "--target", "ort", "--calibration", "camera", "0"], "not supported; accepted"),
+        (["--part", "head", "--target", "ort", "--threads", "100000"], "--threads must be between 0"),
     ],
 )
 def test_bad_arguments_are_one_line(

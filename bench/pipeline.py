@@ -14,6 +14,11 @@
     (pre-built requests), of the agent, of the agent with its head's runtime call replaced by
     handing the input through, and with that call replaced by ``time.sleep(0)`` (which only
     releases and retakes the GIL, as ONNX Runtime's ``run()`` does), in alternating rounds.
+(s) The same for the server at 10 KB: CPU per request of its request path (parse, check, run
+    the tail, build the response) called alone in this process, then ``splitpipe serve`` under
+    the bare echo client (the agent's exact bytes) as it is, with the tail's runtime call
+    replaced by the same reduction in numpy (which keeps the GIL), and answering every request
+    with the first response (no parse, check, tail or response), in alternating rounds.
 
 Both servers are separate processes; the clients (our agent, the echo client) run in this one,
 in alternating rounds so that other load on the machine affects both alike.
@@ -22,6 +27,7 @@ in alternating rounds so that other load on the machine affects both alike.
     .venv/bin/python bench/pipeline.py --part a --seconds 4 --rounds 5
     .venv/bin/python bench/pipeline.py --part b --model torchvision:resnet18
     .venv/bin/python bench/pipeline.py --part c --seconds 2 --rounds 5
+    .venv/bin/python bench/pipeline.py --part s --seconds 2 --rounds 5
     .venv/bin/python bench/pipeline.py --part tls --seconds 3 --rounds 5
 """
 
@@ -103,10 +109,12 @@ def middle_split(model: str, directory: Path, codec: str) -> tuple[Path, dict[st
 # -- servers ---------------------------------------------------------------------------------
 
 
-def start_serve(export: Path, extra: list[str]) -> tuple[subprocess.Popen[str], int]:
+def start_serve(export: Path, extra: list[str], variant: str = "") -> tuple[subprocess.Popen[str], int]:
     env = {**os.environ, "SPLITPIPE_LOG_LEVEL": "WARNING"}
+    # a variant of part (s) runs serve through this file, which patches the server first
+    command = [__file__, "--serve-variant", variant, "--"] if variant else ["-m", "splitpipe"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "splitpipe", "serve", str(export), "--host", "127.0.0.1", "--port", "0",
+        [sys.executable, *command, "serve", str(export), "--host", "127.0.0.1", "--port", "0",
          "--log-interval", "0", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
     )  # fmt: skip
@@ -312,6 +320,13 @@ def _agent_request(export: Path) -> bytes:
 # -- parts -----------------------------------------------------------------------------------
 
 
+def _reply_bytes(port: int, message: bytes) -> int:
+    """The size of the server's reply to ``message``: what the echo answers with."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS) as channel:
+        reply = channel.stream_stream(STREAM_METHOD)(iter([message]))
+        return len(pb.ModelStreamInferResponse.FromString(next(reply)).SerializeToString())
+
+
 def part_a(sizes: list[int], seconds: float, rounds: int, window: int, tmp: Path) -> list[dict[str, Any]]:
     out = []
     for size in sizes:
@@ -320,9 +335,7 @@ def part_a(sizes: list[int], seconds: float, rounds: int, window: int, tmp: Path
         message = _agent_request(export)
         serve, port = start_serve(export, [])
         try:
-            with grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS) as channel:
-                reply = channel.stream_stream(STREAM_METHOD)(iter([message]))
-                reply_bytes = len(pb.ModelStreamInferResponse.FromString(next(reply)).SerializeToString())
+            reply_bytes = _reply_bytes(port, message)
             echo, echo_port = start_echo(tmp, reply_bytes)
             try:
                 runs: dict[str, list[dict[str, Any]]] = {"echo": [], "agent": [], "bare_client_serve": []}
@@ -521,6 +534,94 @@ def part_c(seconds: float, rounds: int, window: int, tmp: Path) -> dict[str, Any
     return out
 
 
+SERVE_VARIANTS = {
+    "serve": "",
+    "serve, tail call in numpy": "numpy-tail",
+    "serve, first response reused": "canned",
+}
+
+
+def _serve_variant(variant: str, argv: list[str]) -> int:
+    """``splitpipe serve`` with part (s)'s change (a diagnosis only: what the server's request
+    path costs under load)."""
+    from splitpipe import cli
+    from splitpipe.devices.runtimes.ort import OrtRunner
+    from splitpipe.server.servicer import InferenceServicer
+
+    if variant == "numpy-tail":  # ReduceMax over axis 1 without a runtime call (keeps the GIL)
+
+        def reduce_max(self: Any, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            (x,) = feed.values()
+            return {self.outputs[0].name: x.max(axis=1, keepdims=True)}
+
+        OrtRunner._infer = reduce_max  # type: ignore[method-assign]
+    elif variant == "canned":
+        original = InferenceServicer._submit
+        first: list[Any] = []
+
+        def canned(self: Any, data: bytes, arrived: float) -> Any:
+            if not first:
+                first.append(original(self, data, arrived))
+            return first[0]
+
+        InferenceServicer._submit = canned  # type: ignore[method-assign]
+    else:
+        raise SystemExit(f"unknown serve variant {variant!r}")
+    return cli.main(argv)
+
+
+def _request_path_alone(export: Path, message: bytes, n: int = 20000) -> float:
+    """CPU per request of the server's request path (parse, check, run the tail on the event
+    loop, build the response) called directly, with no gRPC traffic: microseconds."""
+    from splitpipe.server.app import create_server
+
+    async def run() -> float:
+        server, _ = await create_server("127.0.0.1:0", [export])
+        await server.start()
+        try:
+            submit = server._servicer._submit
+            for _ in range(200):
+                submit(message, time.perf_counter())
+            start = time.thread_time()
+            for _ in range(n):
+                submit(message, time.perf_counter())
+            return (time.thread_time() - start) / n * 1e6
+        finally:
+            await server.stop(0)
+
+    return asyncio.run(run())
+
+
+def part_s(seconds: float, rounds: int, window: int, tmp: Path) -> dict[str, Any]:
+    export = trivial_export(tmp / "trivial-s", 2500)
+    message = _agent_request(export)
+    alone = _request_path_alone(export, message)
+    print(f"  request path alone (no traffic): {alone:.1f} us of CPU per request", flush=True)
+    servers: dict[str, tuple[subprocess.Popen[str], int]] = {}
+    out: dict[str, Any] = {"request_path_alone_us": alone}
+    try:
+        for kind, variant in SERVE_VARIANTS.items():
+            servers[kind] = start_serve(export, [], variant)
+        servers["echo server"] = start_echo(tmp, _reply_bytes(servers["serve"][1], message))
+        runs: dict[str, list[dict[str, float]]] = {k: [] for k in servers}
+        for _ in range(rounds):
+            for kind, (proc, port) in servers.items():
+                runs[kind].append(echo_round(port, message, window, seconds, Cpu(proc.pid)))
+    finally:
+        for proc, _ in servers.values():
+            stop(proc)
+    for kind, rs in runs.items():
+        fps = float(np.median([r["fps"] for r in rs]))
+        cpu = float(np.median([r["server_cpu_us"] for r in rs]))
+        out[kind] = {"msg_per_s": fps, "server_cpu_us": cpu, "rounds": rs}
+        per_round = ", ".join(f"{r['server_cpu_us']:.0f}" for r in rs)
+        print(
+            f"  {kind:30s} {fps:7.0f} msg/s, server CPU {cpu:4.0f} us per request (rounds {per_round})",
+            flush=True,
+        )
+    return out
+
+
 def part_tls(sizes: list[int], seconds: float, rounds: int, window: int, tmp: Path) -> list[dict[str, Any]]:
     from splitpipe.tls import ClientTls
     from tests.fixtures.certs import CertificateAuthority
@@ -577,7 +678,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--part", choices=["a", "b", "c", "tls", "both"], default="both")
+    parser.add_argument("--part", choices=["a", "b", "c", "s", "tls", "both"], default="both")
     parser.add_argument("--sizes", default="10000,1000000", help="tensor sizes for part a, bytes")
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per round")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (medians reported)")
@@ -588,6 +689,9 @@ def main() -> int:
     parser.add_argument("--echo-server", help=argparse.SUPPRESS)
     parser.add_argument("--reply-bytes", type=int, default=4, help=argparse.SUPPRESS)
     parser.add_argument("--inputs", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-variant", help=argparse.SUPPRESS)
+    if "--serve-variant" in sys.argv[1:2]:  # part (s)'s server: the rest is serve's command line
+        return _serve_variant(sys.argv[2], sys.argv[4:])
     args = parser.parse_args()
     if args.echo_server:
         asyncio.run(_echo_main(args.echo_server, args.reply_bytes, args.inputs))
@@ -624,6 +728,9 @@ def main() -> int:
         if args.part == "c":
             print(f"(c) where the agent's CPU per 10 KB frame goes, window {args.window}", flush=True)
             result["c"] = part_c(args.seconds, args.rounds, args.window, Path(tmp))
+        if args.part == "s":
+            print(f"(s) where the server's CPU per 10 KB request goes, window {args.window}", flush=True)
+            result["s"] = part_s(args.seconds, args.rounds, args.window, Path(tmp))
     result["load_after"] = os.getloadavg()
     print(f"load average after: {result['load_after'][0]:.2f}")
     path = args.json or RESULTS / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.json"

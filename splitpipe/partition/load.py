@@ -369,6 +369,8 @@ def load_model(
             raw = export_torch(module, input_shape or DEFAULT_IMAGE_SHAPE)
         shapes = _static_input_shapes(raw, input_shape if spec.kind == "onnx" else None)
         normalized = normalize(raw, shapes)
+        if spec.kind == "onnx":  # the checker passes ops ONNX Runtime has not: say so now, not cached
+            _check_runtime_loads(normalized, Path(spec.target))
         preprocess = None
         if spec.kind == "torchvision":
             (only,) = shapes.values()
@@ -388,6 +390,25 @@ def load_model(
         input_shapes={k: tuple(v) for k, v in meta["input_shapes"].items()},
         preprocess=meta["preprocess"],
     )
+
+
+def _check_runtime_loads(model: onnx.ModelProto, source: Path) -> None:
+    """ONNX Runtime can build a session of ``model`` (the user's file ``source``, normalized),
+    or one line naming the user's file rather than the cache's copy."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return  # whatever runs the model later says what to install
+    if model.ByteSize() > 1 << 30:  # too large to hand over in memory; the profiler loads it later
+        return
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        reason = re.sub(r"^.*?Load model from .*? failed:\s*", "", _first_line(exc))
+        raise SplitpipeError(f"ONNX Runtime cannot load {source}: {reason}") from None
 
 
 def _build_seeded(spec: ModelSpec) -> Any:

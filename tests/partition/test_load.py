@@ -221,3 +221,29 @@ def test_a_changed_model_under_the_same_spec_is_exported_again(
     before = load(loads)
     torch.save(torch.nn.Conv2d(3, 4, 3).state_dict(), ckpt)
     assert load(loads) != before
+
+
+def test_an_onnx_file_onnx_runtime_cannot_load_is_named_and_not_cached(tmp_path: Path) -> None:
+    # ONNX's checker passes an op of a domain it does not know; ONNX Runtime has no such op
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from splitpipe._env import cache_dir
+
+    graph = helper.make_graph(
+        [helper.make_node("NoSuchOp", ["x"], ["y"], domain="com.example")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
+    path = tmp_path / "custom.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=opsets), str(path))
+    for _ in range(2):  # and again: the broken model was not cached
+        with pytest.raises(SplitpipeError, match=rf"ONNX Runtime cannot load {path}: .*NoSuchOp") as err:
+            load_model(str(path))
+        assert "\n" not in str(err.value) and str(cache_dir()) not in str(err.value)
+    cached = [json.loads(m.read_text()).get("spec") for m in (cache_dir() / "models").glob("*/meta.json")]
+    assert str(path) not in cached

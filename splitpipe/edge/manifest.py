@@ -178,6 +178,8 @@ class EdgeExport:
 
 def read_manifest(directory: Path) -> Any:
     """``DIR/manifest.json`` parsed (not yet checked); SplitpipeError when it cannot be read."""
+    if directory.exists() and not directory.is_dir():
+        raise SplitpipeError(f"{directory} is a file; give the export directory that holds manifest.json")
     if not directory.is_dir():
         raise SplitpipeError(f"export directory not found: {directory} (write one with `splitpipe export`)")
     path = directory / MANIFEST

@@ -127,6 +127,8 @@ class TailModel:
 def load_tail(directory: str | Path, options: ServerOptions) -> TailModel:
     """Load the tail of one export directory: manifest checks, sha256, runner, spec agreement."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise SplitpipeError(f"{directory} is a file; give the export directory that holds manifest.json")
     if not directory.is_dir():
         raise SplitpipeError(f"export directory not found: {directory}")
     manifest = load_manifest(directory)

@@ -219,6 +219,9 @@ def test_bad_input_gives_one_line_and_exit_2(
         (unchecked[key] / "manifest.json").write_text(json.dumps(manifest))
     cases = {
         "export directory not found": ["agent", str(tmp_path / "missing"), "--server", address],
+        "is a file; give the export directory that holds manifest.json": [
+            "agent", str(exports.raw / "manifest.json"), "--server", address,
+        ],
         "sha256": ["agent", str(tampered), "--server", address],
         "unknown source 'webcam'; accepted: synthetic, images DIR, video FILE, camera N": [
             "agent", str(exports.raw), "--server", address, "--source", "webcam",

@@ -115,6 +115,15 @@ def test_bad_export_dir_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert probe.stderr.strip().splitlines() == [
         f"splitpipe serve: error: export directory not found: {tmp_path / 'missing'}"
     ]
+    (tmp_path / "manifest.json").write_text("{}")  # the manifest given instead of its folder
+    probe = subprocess.run(
+        [*SERVE, str(tmp_path / "manifest.json")], capture_output=True, text=True, timeout=120
+    )
+    assert probe.returncode == 2
+    assert probe.stderr.strip().splitlines() == [
+        f"splitpipe serve: error: {tmp_path / 'manifest.json'} is a file; give the export directory "
+        "that holds manifest.json"
+    ]
 
 
 @pytest.mark.parametrize(

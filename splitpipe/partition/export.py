@@ -223,6 +223,10 @@ def export_split(
     _check_plan_fits(plan, predicted, graph, cut, req.model)
     codec_name = codec or (predicted.codec if predicted.codec != "none" else "raw")
     get_codec(codec_name)  # an unknown name fails here, listing the accepted forms
+    if local and codec_name != "raw":  # the manifest would name a codec nothing uses
+        raise SplitpipeError(
+            f"--codec {codec_name}: the local export sends nothing to encode; leave --codec out"
+        )
     if not local and codec_name != predicted.codec:  # the plan predicted another codec: predict this one
         predicted = with_codec(plan, predicted, graph, codec_name, a.loaded.preprocess)
     spec = parse_name(codec_name)

@@ -131,7 +131,10 @@ def test_baselines_export_as_splits(tmp_path: Path) -> None:
     whole = ort.InferenceSession(str(export_split(REQ, "local", tmp_path / "local").out / "head.onnx"))
     local = json.loads((tmp_path / "local" / "manifest.json").read_text())
     assert local["cut"] == [] and list(local["files"]) == ["head"] and local["split"]["id"] == "local"
-    assert local["name"] == "two_heads-local"
+    assert local["name"] == "two_heads-local" and local["codec"]["name"] == "raw"
+    with pytest.raises(SplitpipeError, match="the local export sends nothing to encode"):
+        export_split(REQ, "local", tmp_path / "local-int8", codec="int8")
+    assert not (tmp_path / "local-int8").exists()
     offload = export_split(REQ, "offload", tmp_path / "offload").manifest
     assert [t["name"] for t in offload["cut"]] == ["x.cut"]  # the input itself crosses
     head = ort.InferenceSession(str(tmp_path / "offload" / "head.onnx"))

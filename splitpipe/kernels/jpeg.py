@@ -15,6 +15,7 @@ Pillow is imported lazily; without it, ``jpeg`` is unavailable and says so.
 from __future__ import annotations
 
 import io
+import re
 import struct
 from typing import Any
 
@@ -24,6 +25,17 @@ from splitpipe.errors import CodecError, UnavailableError
 
 _PREFIX = struct.Struct("<I")
 _MODES = {1: "L", 3: "RGB"}
+
+#: most scans (SOS markers) one stream may have. libjpeg passes over the whole image for every
+#: scan, and a progressive stream may repeat a scan of a few bytes any number of times: without a
+#: limit, 200 KB declaring a 2048x2048 image kept a tail thread decoding for 1.6 s (a message of
+#: the default 256 MiB for half an hour). Pillow writes 1 scan (baseline) or about 10 (progressive).
+MAX_SCANS = 100
+# a marker: 0xFF and a code other than 0x00 (a stuffed 0xFF in entropy-coded data), 0xFF (a fill
+# byte before the marker) and RST0-7 (inside a scan's entropy-coded data)
+_MARKER = re.compile(rb"\xff([^\x00\xff\xd0-\xd7])")
+_STANDALONE = (0x01, 0xD8)  # TEM, SOI: no length follows
+_SOS, _EOI = 0xDA, 0xD9
 
 
 def _image_module() -> Any:
@@ -78,6 +90,26 @@ def split_streams(payload: bytes | bytearray | memoryview, n: int) -> list[bytes
     return streams
 
 
+def _check_scans(data: bytes, index: int) -> None:
+    """Walk the markers of a stream as libjpeg reads them (segments skipped by their length, a
+    scan's entropy-coded data up to the next marker, nothing after EOI) and refuse more than
+    :data:`MAX_SCANS` scans. Malformed structure is left for Pillow to report."""
+    pos, scans, end = 0, 0, len(data)
+    while (found := _MARKER.search(data, pos)) is not None:
+        marker, pos = data[found.start() + 1], found.end()
+        if marker == _EOI:
+            return
+        if marker in _STANDALONE:
+            continue
+        if marker == _SOS:
+            scans += 1
+            if scans > MAX_SCANS:
+                raise CodecError(f"jpeg stream {index} has more than {MAX_SCANS} scans")
+        if pos + 2 > end:
+            return
+        pos += (data[pos] << 8) | data[pos + 1]  # the segment's length counts its own two bytes
+
+
 def _open_checked(image: Any, data: bytes, index: int, mode: str, size: tuple[int, int]) -> Any:
     """Open one stream lazily (header only) and check it against the meta."""
     try:
@@ -93,6 +125,11 @@ def _open_checked(image: Any, data: bytes, index: int, mode: str, size: tuple[in
             f"jpeg stream {index} is a {got[0]} image of {got[2][0]}x{got[2][1]} pixels in mode {got[1]}, "
             f"the meta implies JPEG {size[0]}x{size[1]} in mode {mode}"
         )
+    try:
+        _check_scans(data, index)
+    except CodecError:
+        img.close()
+        raise
     return img
 
 

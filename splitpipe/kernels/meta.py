@@ -239,7 +239,8 @@ def _shape(value: Any, wire: str) -> tuple[int, ...]:
         parts = text.split(",") if text else []
         if len(parts) > MAX_RANK:
             raise CodecError(f"codec meta shape has {len(parts)} dimensions, at most {MAX_RANK}")
-        if not all(p.strip().isdigit() and len(p.strip()) <= 15 for p in parts):
+        # ASCII digits only: str.isdigit() also takes '²' (which int() refuses) and other scripts' digits
+        if not all(p.strip().isascii() and p.strip().isdigit() and len(p.strip()) <= 15 for p in parts):
             raise CodecError(f"codec meta shape {value!r} must be comma-separated non-negative integers")
         return tuple(int(p) for p in parts)
     if not isinstance(value, list | tuple):

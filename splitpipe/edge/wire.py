@@ -168,6 +168,12 @@ class ReplyReader:
                 if len(self._checked) < _MAX_CHECKED_OUTPUTS:
                     self._checked.add(signature)
             reply.outputs[name] = np.frombuffer(raw, datatypes.numpy_dtype(datatype)).reshape(shape)
+        if len(tensors) != len(self.specs) or len(reply.outputs) != len(tensors):
+            # each output checked is one the manifest lists: this is a missing or repeated one
+            missing = sorted(set(self.specs) - set(reply.outputs))
+            reply.error = (
+                f"the reply lacks output(s) {missing}" if missing else "the reply repeats an output"
+            ) + f": {len(tensors)} output tensors, the manifest lists {sorted(self.specs)} once each"
         return reply
 
     def _check(self, name: str, datatype: str, shape: tuple[int, ...], nbytes: int) -> str | None:

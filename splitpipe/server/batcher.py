@@ -221,6 +221,17 @@ class Batcher:
                     f"a batch of {rows} rows gave outputs of shapes {[o.shape for o in outputs]}"
                 )
         except Exception as exc:
+            if len(ready) > 1:
+                # what the tail fails on may be one request's values (an index out of range):
+                # run each request alone, so that the others of the batch do not fail with it
+                _LOGGER.warning(
+                    "tail %s failed on a batch of %d requests; running them one by one",
+                    model.name,
+                    len(ready),
+                )
+                for i in ready:
+                    self._run(items, [i], results, start)
+                return
             _LOGGER.exception("tail %s failed on a batch of %d", model.name, rows)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             error = InferError(grpc.StatusCode.INTERNAL, f"the tail of {model.name!r} failed: {first}")

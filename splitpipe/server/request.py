@@ -38,15 +38,38 @@ Buffer = Union[bytes, memoryview]  # noqa: UP007 (a runtime alias on Python 3.10
 #: longest error message sent (its middle is cut): names quoted from a request may be of any
 #: length, and gRPC clients drop a status whose message exceeds their metadata limit (16 KiB)
 MAX_MESSAGE_CHARS = 1000
+#: and its most bytes as gRPC sends a status message: each UTF-8 byte outside printable ASCII
+#: (and '%') percent-encoded as 3, so 1000 emoji took 12 KB, above the 8 KiB from which clients
+#: may refuse metadata (RESOURCE_EXHAUSTED instead of the status sent, about half the time)
+MAX_MESSAGE_BYTES = 4000
+
+
+def _wire_bytes(char: str) -> int:
+    return 1 if " " <= char <= "~" and char != "%" else 3 * len(char.encode("utf-8", "surrogatepass"))
+
+
+def _fit(text: str, chars: int, nbytes: int) -> str:
+    """The longest prefix of ``text`` of at most ``chars`` characters and ``nbytes`` wire bytes."""
+    total = 0
+    for i, char in enumerate(text[:chars]):
+        total += _wire_bytes(char)
+        if total > nbytes:
+            return text[:i]
+    return text[:chars]
 
 
 class InferError(Exception):
     """A request the server refuses: a gRPC status code and a one-line message."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        if len(message) > MAX_MESSAGE_CHARS:
-            half = MAX_MESSAGE_CHARS // 2 - 20  # leaves room for the marker
-            message = f"{message[:half]} [... {len(message) - 2 * half} characters cut ...] {message[-half:]}"
+        if len(message) > MAX_MESSAGE_CHARS or (
+            not message.isascii() and sum(map(_wire_bytes, message)) > MAX_MESSAGE_BYTES
+        ):
+            # leaves room for the marker
+            half, half_bytes = MAX_MESSAGE_CHARS // 2 - 20, MAX_MESSAGE_BYTES // 2 - 50
+            head = _fit(message, half, half_bytes)
+            tail = _fit(message[-half:][::-1], half, half_bytes)[::-1]
+            message = f"{head} [... {len(message) - len(head) - len(tail)} characters cut ...] {tail}"
         super().__init__(message)
         self.code = code
         self.message = message

@@ -193,6 +193,11 @@ BAD_REQUESTS: dict[str, tuple[Callable[[], Any], grpc.StatusCode, list[str]]] = 
         NOT_FOUND,
         ["unknown model 'mmm", "characters cut", "served models: gemm, relu-mean, two-inputs"],
     ),
+    "a huge name of emoji": (
+        lambda: _plain(model="\U0001f600" * 2000),
+        NOT_FOUND,
+        ["unknown model '\U0001f600", "characters cut", "served models: gemm, relu-mean, two-inputs"],
+    ),
     "raw count differs from inputs": (
         lambda: _two_inputs((1, 4), (1, 2), raws=1),
         INVALID,
@@ -237,6 +242,11 @@ BAD_REQUESTS: dict[str, tuple[Callable[[], Any], grpc.StatusCode, list[str]]] = 
         lambda: _with_codec("int8+zstd", lambda p, b: (p, np.random.default_rng(9).bytes(len(b)))),
         INVALID,
         ["does not decode as int8+zstd"],
+    ),
+    "non-ASCII digits in the codec shape": (  # str.isdigit() takes '³', int() does not: was INTERNAL
+        lambda: _with_codec("int8", lambda p, b: ({**p, "codec_shape": "1,4,3,\u00b3"}, b)),
+        INVALID,
+        ["bad codec parameters", "comma-separated non-negative integers"],
     ),
     "bad scale": (
         lambda: _with_codec("int8", lambda p, b: ({**p, "codec_scale": -1.0}, b)),
@@ -315,6 +325,21 @@ def test_large_tensor_beyond_grpc_default_limit(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         wire.outputs(response)["y"], tiny_tails.run_tail(export, {"x": x})["y"], rtol=1e-5
     )
+
+
+def test_error_messages_fit_the_clients_metadata_limit_whatever_the_characters(stub: Any) -> None:
+    """1000 characters of emoji are 12 KB as gRPC sends a status message (each UTF-8 byte
+    outside printable ASCII percent-encoded), above the 8 KiB soft limit from which clients
+    refuse metadata at random: about half of these calls got RESOURCE_EXHAUSTED instead."""
+    for name in ("\U0001f600" * 3000, "\u00e9\U0001f600%\x00" * 500):
+        for _ in range(8):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(_plain(model=name), timeout=30)
+            assert info.value.code() == NOT_FOUND, info.value.details()
+            assert "served models: gemm, relu-mean, two-inputs" in (info.value.details() or "")
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelMetadata(pb.ModelMetadataRequest(name=name), timeout=30)
+            assert info.value.code() == NOT_FOUND, info.value.details()
 
 
 def test_malformed_messages_get_invalid_argument_and_the_stream_goes_on(server: ServerThread) -> None:

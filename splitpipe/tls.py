@@ -11,6 +11,7 @@ is a one-line error at start, not a handshake that fails on every connection lat
 from __future__ import annotations
 
 import ssl
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,22 +38,79 @@ def read_pem(path: str | Path, option: str, what: str = "certificate") -> bytes:
     return data
 
 
-def _check_pair(cert: Path, key: Path, cert_option: str, key_option: str) -> None:
+def _check_pair(cert: Path, key: Path, cert_option: str, key_option: str, key_pem: bytes) -> None:
+    if b"ENCRYPTED" in key_pem:
+        # gRPC takes no passphrase, and ssl would prompt for one on the terminal
+        raise SplitpipeError(
+            f"{key_option} {key}: the key is encrypted (passphrase-protected); accepted: an unencrypted "
+            f"PEM key (decrypt it with `openssl pkey -in {key} -out KEY`, and keep that file private)"
+        )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
-        context.load_cert_chain(cert, key)
+        context.load_cert_chain(cert, key, password=b"")
     except ssl.SSLError as exc:
         why = (
             "the key does not belong to the certificate" if "KEY_VALUES_MISMATCH" in str(exc) else exc.reason
         )
         raise SplitpipeError(f"{cert_option} {cert} and {key_option} {key}: {why}") from None
+    except OSError:
+        raise SplitpipeError(f"{cert_option} {cert} and {key_option} {key}: the key cannot be read") from None
+
+
+def _decode(path: Path) -> dict[str, Any] | None:
+    """The first certificate of a PEM file as ``ssl`` decodes a peer's (None where it cannot)."""
+    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
+    if decode is None:
+        return None
+    try:
+        info: dict[str, Any] = decode(str(path))
+    except (ssl.SSLError, OSError, ValueError, TypeError):
+        return None
+    return info
+
+
+def _check_dates(path: Path, option: str) -> None:
+    """An expired (or not yet valid) certificate fails every handshake: say so at start."""
+    info = _decode(path)
+    if info is None:
+        return
+    now = time.time()
+    try:
+        not_before = ssl.cert_time_to_seconds(info["notBefore"])
+        not_after = ssl.cert_time_to_seconds(info["notAfter"])
+    except (KeyError, ValueError):
+        return
+    if now > not_after:
+        raise SplitpipeError(
+            f"{option} {path}: the certificate expired on {info['notAfter']}; accepted: one valid now"
+        )
+    if now < not_before:
+        raise SplitpipeError(
+            f"{option} {path}: the certificate is not valid before {info['notBefore']} (check the "
+            f"clock); accepted: one valid now"
+        )
+
+
+def _name(rdns: Any) -> str:
+    return ",".join(f"{k}={v}" for rdn in rdns for k, v in rdn)
 
 
 def _check_ca(data: bytes, path: Path, option: str) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
-        ssl.create_default_context(cadata=data.decode("ascii", "replace"))
+        context.load_verify_locations(cadata=data.decode("ascii", "replace"))
     except (ssl.SSLError, ValueError) as exc:
         raise SplitpipeError(f"{option} {path}: not a usable CA certificate ({exc})") from None
+    if context.cert_store_stats()["x509_ca"] == 0:
+        # a self-signed certificate may stand for itself; one a CA signed cannot verify others
+        info = _decode(path)
+        if info is not None and info.get("issuer") != info.get("subject"):
+            raise SplitpipeError(
+                f"{option} {path}: not a CA certificate (its basicConstraints do not say CA:TRUE; it "
+                f"was issued by {_name(info.get('issuer', ()))}); accepted: the certificate of the CA "
+                "that signs the peers' certificates"
+            )
+    _check_dates(path, option)
 
 
 def _load(cert: Path | None, key: Path | None, ca: Path | None, ca_option: str) -> tuple[bytes | None, ...]:
@@ -61,7 +119,8 @@ def _load(cert: Path | None, key: Path | None, ca: Path | None, ca_option: str) 
     if cert is not None and key is not None:
         cert_pem = read_pem(cert, "--tls-cert")
         key_pem = read_pem(key, "--tls-key", "private key")
-        _check_pair(cert, key, "--tls-cert", "--tls-key")
+        _check_pair(cert, key, "--tls-cert", "--tls-key", key_pem)
+        _check_dates(cert, "--tls-cert")
     if ca is not None:
         ca_pem = read_pem(ca, ca_option)
         _check_ca(ca_pem, ca, ca_option)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
+import math
 import os
 import threading
 from typing import Any
@@ -93,6 +94,14 @@ class RayCluster:
     """The Ray side of one server: connects (or starts Ray), deploys tails, and cleans up."""
 
     def __init__(self, options: RayOptions) -> None:
+        for flag, value in (
+            ("--replica-cpus", options.replica_cpus),
+            ("--replica-gpus", options.replica_gpus),
+        ):
+            if not math.isfinite(value):
+                raise SplitpipeError(
+                    f"{flag} must be a finite number of CPUs or GPUs (e.g. 1 or 0.5), got {value}"
+                )
         try:
             import ray
             from ray import serve
@@ -113,10 +122,37 @@ class RayCluster:
                     logging_level=logging.WARNING,
                     configure_logging=False,
                 )
+            try:
+                self._check_resources(ray.cluster_resources())
+            except BaseException:
+                if self._init_here:
+                    ray.shutdown()
+                raise
             serve.start(proxy_location="Disabled")  # the front end is the only ingress
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = options.address or "a local instance"
             raise SplitpipeError(f"cannot start Ray Serve on {where}: {str(exc).splitlines()[0]}") from None
+
+    def _check_resources(self, total: dict[str, float]) -> None:
+        """Replicas that the cluster cannot place would make the deployment wait forever, with
+        nothing said: refuse them on a Ray of our own (whose size is fixed), warn on a cluster
+        joined (which may grow)."""
+        o = self.options
+        for resource, each, flag in (
+            ("CPU", o.replica_cpus, "--replica-cpus"),
+            ("GPU", o.replica_gpus, "--replica-gpus"),
+        ):
+            need, have = o.replicas * each, float(total.get(resource, 0.0))
+            if need <= have + 1e-9:
+                continue
+            message = (
+                f"--replicas {o.replicas} x {flag} {each:g} asks Ray for {need:g} {resource}s, but "
+                f"{'this Ray instance' if self._started_ray else 'the Ray cluster'} has {have:g}; accepted: "
+                f"replicas x {flag} up to {have:g}"
+            )
+            if self._started_ray:
+                raise SplitpipeError(message)
+            _LOGGER.warning("%s (the deployment waits until the cluster has them)", message)
 
     def deploy(self, model: Any, threads: int | None, providers: list[str]) -> RayRunner:
         """Deploy ``model`` (a loaded TailModel) and give the runner that sends it batches."""

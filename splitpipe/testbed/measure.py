@@ -86,6 +86,9 @@ class LinkMeasurement:
         return "measured: " + ", ".join(parts) if parts else "not measured"
 
 
+_PROBE_MODULE = "splitpipe.testbed.probe"
+
+
 def _module(name: str) -> list[str]:
     return [sys.executable, "-m", f"splitpipe.testbed.{name}"]
 
@@ -106,6 +109,7 @@ def _probe_server(tb: Testbed) -> Iterator[str]:
     port = tb.options.probe_port
     ready = tb.names.state_dir / f"probe-{port}.ready"
     ready.unlink(missing_ok=True)
+    _stop_stale_probe_servers(tb)
     server = tb.popen(
         "server",
         [*_module("probe"), "serve", "--port", str(port), "--ready-file", str(ready)],
@@ -120,6 +124,20 @@ def _probe_server(tb: Testbed) -> Iterator[str]:
         server.terminate()
         server.wait(timeout=5)
         ready.unlink(missing_ok=True)
+
+
+def _stop_stale_probe_servers(tb: Testbed) -> None:
+    """Stop probe servers left on the server side by a measurement that was killed (kill -9 of
+    ``up``, ``set`` or ``measure``): one would hold the probe port, and every later measurement
+    would fail to start its own."""
+    from splitpipe.testbed import link
+    from splitpipe.testbed.testbed import _cmdline, _terminate
+
+    mark = f"{_PROBE_MODULE}\0serve\0".encode()
+    stale = {pid for pid in link.pids(tb.names.server_ns) if mark in _cmdline(pid)}
+    if stale:
+        _LOGGER.warning("stopping probe server(s) %s left by an earlier measurement", sorted(stale))
+        _terminate(stale)
 
 
 def _probe_client(tb: Testbed, args: list[str], timeout_s: float) -> Any:

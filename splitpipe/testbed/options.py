@@ -31,6 +31,10 @@ RELAY_HOST = "127.0.0.1"
 
 STATE_ROOT = Path("/run/splitpipe-testbed")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,23}$")
+#: the slowest link the testbed can measure: below it the probes' bulk transfers carry too few
+#: frames, and what the link's queue still holds from one phase stalls the next (at 0.01 Mbit/s
+#: every measurement failed: "too few samples to estimate a rate")
+MIN_RATE_MBIT = 0.05
 # the kernel refuses a CFS quota below 1 ms, so tiny shares get a longer period
 _MIN_QUOTA_US = 1000
 
@@ -58,9 +62,9 @@ class TestbedOptions:
 
     def __post_init__(self) -> None:
         validate_name(self.name)
-        if not (0.01 <= self.rate_mbit <= 10_000):
+        if not (MIN_RATE_MBIT <= self.rate_mbit <= 10_000):
             raise SplitpipeError(
-                f"link rate {self.rate_mbit} Mbit/s is out of range; accepted: 0.01 to 10000"
+                f"link rate {self.rate_mbit} Mbit/s is out of range; accepted: {MIN_RATE_MBIT:g} to 10000"
             )
         if not (0 <= self.rtt_ms <= 10_000):
             raise SplitpipeError(f"round-trip time {self.rtt_ms} ms is out of range; accepted: 0 to 10000")

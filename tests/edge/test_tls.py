@@ -191,3 +191,126 @@ def test_cli_errors_are_one_line(exports: Exports, pki: Pki) -> None:
         assert "Traceback" not in done.stderr
         (line,) = [x for x in done.stderr.splitlines() if "error:" in x]
         assert message in line
+
+
+def _reissue(pki: Pki, folder: Path, stem: str, days: tuple[float, float]) -> Pem:
+    """The server's key in a certificate of the test CA valid from ``days[0]`` to ``days[1]``
+    days from now."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    key_pem = pki.server.key.read_bytes()
+    cert = x509.load_pem_x509_certificate(pki.server.cert.read_bytes())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    renewed = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(pki.ca.name)
+        .public_key(cert.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now + datetime.timedelta(days=days[0]))
+        .not_valid_after(now + datetime.timedelta(days=days[1]))
+        .sign(pki.ca.key, hashes.SHA256())
+    )
+    from cryptography.hazmat.primitives import serialization
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.crt").write_bytes(renewed.public_bytes(serialization.Encoding.PEM))
+    (folder / f"{stem}.key").write_bytes(key_pem)
+    return Pem(folder / f"{stem}.crt", folder / f"{stem}.key")
+
+
+def _encrypted_key(pki: Pki, folder: Path) -> Path:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(pki.server.key.read_bytes(), None)
+    path = folder / "encrypted.key"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        # each used to start "over TLS" and then fail every handshake (or, for the encrypted key,
+        # to end in a traceback, or prompt for a passphrase on a terminal)
+        (
+            lambda p, t: ServerTls(*_pair(_reissue(p, t, "expired", (-10, -1)))),
+            r"--tls-cert .*expired.crt: the certificate expired on .*; accepted: one valid now",
+        ),
+        (
+            lambda p, t: ServerTls(*_pair(_reissue(p, t, "future", (1, 10)))),
+            r"--tls-cert .*future.crt: the certificate is not valid before .*\(check the clock\)",
+        ),
+        (
+            lambda p, t: ClientTls(p.ca.pem.cert, *_pair(_reissue(p, t, "expired", (-10, -1)))),
+            r"--tls-cert .*expired.crt: the certificate expired",
+        ),
+        (
+            lambda p, t: ServerTls(p.server.cert, _encrypted_key(p, t)),
+            r"--tls-key .*encrypted.key: the key is encrypted \(passphrase-protected\); accepted: an unencrypted",
+        ),
+        (
+            lambda p, t: ServerTls(p.server.cert, p.server.key, p.server.cert),
+            r"--tls-client-ca .*server.crt: not a CA certificate .*issued by commonName=splitpipe test CA",
+        ),
+        (
+            lambda p, t: ClientTls(ca=p.client.cert),
+            r"--tls-ca .*client.crt: not a CA certificate",
+        ),
+    ],
+)
+def test_unusable_certificates_are_refused_at_start(
+    pki: Pki, tmp_path: Path, make: Any, message: str
+) -> None:
+    with pytest.raises(SplitpipeError, match=message) as error:
+        make(pki, tmp_path)
+    assert "\n" not in str(error.value)
+
+
+def _pair(pem: Pem) -> tuple[Path, Path]:
+    return pem.cert, pem.key
+
+
+def test_a_self_signed_certificate_may_stand_for_its_own_ca(exports: Exports, tmp_path: Path) -> None:
+    """Not a CA, but self-signed: accepted as --tls-ca, and the agent's frames go through."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    pem = Pem(tmp_path / "self.crt", tmp_path / "self.key")
+    pem.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    with _serve(exports, pem) as server:
+        tls = ClientTls(ca=pem.cert, server_name="localhost")
+        report, _ = _agent(exports, server.port, tls, frames=3)
+        assert report.summary["completed"] == 3

@@ -88,3 +88,40 @@ def test_bad_options() -> None:
     )
     assert done.returncode == 2 and "--ray-address goes with --ray" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _serve_cli(export: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "splitpipe", "serve", str(export), "--port", "0", "--ray", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_replica_size_that_is_not_a_number_is_one_line(tmp_path: Path, value: str) -> None:
+    # used to start Ray, then end in Ray's ValueError / OverflowError traceback
+    done = _serve_cli(relu_mean(tmp_path / "export"), "--replica-cpus", value)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if "error:" in x]
+    assert f"--replica-cpus must be a finite number of CPUs or GPUs (e.g. 1 or 0.5), got {value}" in line
+
+
+def test_replicas_the_local_ray_cannot_place_are_refused(tmp_path: Path) -> None:
+    """More CPUs or GPUs than the Ray the server starts has: the deployment used to wait for
+    them forever, saying nothing."""
+    export = relu_mean(tmp_path / "export")
+    for args, want in [
+        (
+            ("--replicas", "2", "--replica-cpus", "4096"),
+            "--replicas 2 x --replica-cpus 4096 asks Ray for 8192 CPUs",
+        ),
+        (("--replicas", "1", "--replica-cpus", "0", "--replica-gpus", "4096"), "asks Ray for 4096 GPUs"),
+    ]:
+        done = _serve_cli(export, *args)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        (line,) = [x for x in done.stderr.splitlines() if "error:" in x]
+        assert want in line and "but this Ray instance has" in line and "accepted: replicas x" in line

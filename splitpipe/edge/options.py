@@ -78,7 +78,7 @@ def parse_source(tokens: str | Sequence[str], *, loop: bool = False, seed: int =
 def parse_address(text: str) -> str:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6) checked and returned as gRPC wants it."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise SplitpipeError(f"server address must be HOST:PORT with a port 1..65535, got {text!r}")
     if "/" in host or any(c.isspace() for c in host) or host.startswith("[") != host.endswith("]"):
         # gRPC would take 'http://host' or 'dns:///host' as a host name and retry it for ever

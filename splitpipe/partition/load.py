@@ -78,7 +78,7 @@ def parse_spec(text: str) -> ModelSpec:
 def parse_shape(text: str) -> tuple[int, ...]:
     """``"1,3,224,224"`` -> (1, 3, 224, 224)."""
     parts = [p.strip() for p in re.split(r"[,x]", text.strip())]
-    shape = tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else ()
+    shape = tuple(int(p) for p in parts) if all(p.isascii() and p.isdigit() for p in parts) else ()
     if not shape or any(d <= 0 for d in shape):
         raise SplitpipeError(f"invalid input shape {text!r}; expected positive integers such as 1,3,224,224")
     return shape

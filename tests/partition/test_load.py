@@ -31,7 +31,7 @@ def test_a_plan_or_a_state_dict_given_as_the_model_says_where_it_goes() -> None:
 
 def test_parse_shape() -> None:
     assert parse_shape("1,3,224,224") == (1, 3, 224, 224)
-    for bad in ["", "1,a", "1,0,3", "-1,3"]:
+    for bad in ["", "1,a", "1,0,3", "-1,3", "1,3,²"]:
         with pytest.raises(SplitpipeError, match="positive integers"):
             parse_shape(bad)
 

@@ -514,6 +514,8 @@ def _tls_failure(address: str, details: str) -> str:
         hint = "the server may not speak TLS (started without --tls-cert?)"
     elif "Hostname" in details:
         hint = "the server's certificate is for another name; give --tls-server-name NAME"
+    elif "certificate has expired" in details or "certificate is not yet valid" in details:
+        hint = "renew the server's certificate (or this device's clock is wrong)"
     elif "CERTIFICATE_VERIFY_FAILED" in details:
         hint = "the server's certificate is not signed by --tls-ca (or the system's roots)"
     else:

@@ -314,3 +314,41 @@ def test_a_self_signed_certificate_may_stand_for_its_own_ca(exports: Exports, tm
         tls = ClientTls(ca=pem.cert, server_name="localhost")
         report, _ = _agent(exports, server.port, tls, frames=3)
         assert report.summary["completed"] == 3
+
+
+def test_a_server_certificate_that_expired_is_named_in_the_agents_error(
+    exports: Exports, pki: Pki, tmp_path: Path
+) -> None:
+    """A server of another make (ours refuses expired certificates at start) presents one that
+    expired: the agent says so, rather than blaming the CA."""
+    import asyncio
+    import threading
+
+    import grpc
+
+    expired = _reissue(pki, tmp_path, "expired", (-10, -1))
+    ready, stop = threading.Event(), threading.Event()
+    port: list[int] = []
+
+    def serve() -> None:
+        async def main() -> None:
+            server = grpc.aio.server()
+            creds = grpc.ssl_server_credentials([(expired.key.read_bytes(), expired.cert.read_bytes())])
+            port.append(server.add_secure_port("127.0.0.1:0", creds))
+            await server.start()
+            ready.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            await server.stop(0)
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    try:
+        with pytest.raises(SplitpipeError, match=r"certificate has expired.*or this device's clock is wrong"):
+            _agent(exports, port[0], ClientTls(ca=pki.ca.pem.cert), frames=1)
+    finally:
+        stop.set()
+        thread.join(30)

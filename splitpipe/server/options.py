@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from splitpipe.devices.runtimes import check_onnx_runtime
@@ -47,6 +48,11 @@ class RayOptions:
     def __post_init__(self) -> None:
         if self.replicas < 1:
             raise SplitpipeError(f"--replicas must be at least 1, got {self.replicas}")
+        for flag, value in (("--replica-cpus", self.replica_cpus), ("--replica-gpus", self.replica_gpus)):
+            if not math.isfinite(value):
+                raise SplitpipeError(
+                    f"{flag} must be a finite number of CPUs or GPUs (e.g. 1 or 0.5), got {value}"
+                )
         if self.replica_cpus < 0 or self.replica_gpus < 0 or self.replica_cpus + self.replica_gpus <= 0:
             raise SplitpipeError("each replica needs some CPU or GPU: --replica-cpus / --replica-gpus > 0")
         if self.timeout_s <= 0:

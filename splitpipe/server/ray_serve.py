@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
-import math
 import os
 import threading
 from typing import Any
@@ -94,14 +93,6 @@ class RayCluster:
     """The Ray side of one server: connects (or starts Ray), deploys tails, and cleans up."""
 
     def __init__(self, options: RayOptions) -> None:
-        for flag, value in (
-            ("--replica-cpus", options.replica_cpus),
-            ("--replica-gpus", options.replica_gpus),
-        ):
-            if not math.isfinite(value):
-                raise SplitpipeError(
-                    f"{flag} must be a finite number of CPUs or GPUs (e.g. 1 or 0.5), got {value}"
-                )
         try:
             import ray
             from ray import serve

@@ -161,6 +161,9 @@ def test_flags_a_stored_request_would_ignore_are_refused(tmp_path: Path) -> None
         "--from re-runs the request stored in",
         "MODEL, --link would be ignored",
     )
+    assert_user_error(  # a flag of two names is named by both (--analytic sets --profile)
+        splitpipe("plan", "--from", str(plan_json), "--analytic"), "--profile/--analytic would be ignored"
+    )
     assert_user_error(
         splitpipe(
             "export",

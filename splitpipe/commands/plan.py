@@ -30,10 +30,9 @@ def given_request_flags(args: argparse.Namespace, *, allow: tuple[str, ...] = ()
     add_cost_arguments(parser)
     defaults = vars(parser.parse_args([]))
     names: dict[str, str] = {}
-    for action in parser._actions:  # the first flag of each destination (--profile, not --analytic)
-        names.setdefault(
-            action.dest, action.option_strings[0] if action.option_strings else action.dest.upper()
-        )
+    for action in parser._actions:  # every flag of a destination: --profile/--analytic
+        flag = action.option_strings[0] if action.option_strings else action.dest.upper()
+        names[action.dest] = f"{names[action.dest]}/{flag}" if action.dest in names else flag
     return [
         names[dest]
         for dest, default in defaults.items()

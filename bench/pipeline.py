@@ -521,17 +521,7 @@ def part_c(seconds: float, rounds: int, window: int, tmp: Path) -> dict[str, Any
                 runs[kind].append(fn())
     finally:
         stop(serve)
-    out = {}
-    for kind, rs in runs.items():
-        fps = float(np.median([r["fps"] for r in rs]))
-        cpu = float(np.median([r["client_cpu_us"] for r in rs]))
-        out[kind] = {"fps": fps, "client_cpu_us": cpu, "rounds": rs}
-        per_round = ", ".join(f"{r['client_cpu_us']:.0f}" for r in rs)
-        print(
-            f"  {kind:34s} {fps:7.0f} fps, client CPU {cpu:4.0f} us per frame (rounds {per_round})",
-            flush=True,
-        )
-    return out
+    return _cpu_medians(runs, "client", "fps", "frame")
 
 
 SERVE_VARIANTS = {
@@ -610,13 +600,19 @@ def part_s(seconds: float, rounds: int, window: int, tmp: Path) -> dict[str, Any
     finally:
         for proc, _ in servers.values():
             stop(proc)
+    return {**out, **_cpu_medians(runs, "server", "msg/s", "request")}
+
+
+def _cpu_medians(runs: dict[str, list[dict[str, float]]], side: str, rate: str, per: str) -> dict[str, Any]:
+    """Per kind of run: the medians of its rounds' rate and ``side``'s CPU per ``per``, printed."""
+    out: dict[str, Any] = {}
     for kind, rs in runs.items():
         fps = float(np.median([r["fps"] for r in rs]))
-        cpu = float(np.median([r["server_cpu_us"] for r in rs]))
-        out[kind] = {"msg_per_s": fps, "server_cpu_us": cpu, "rounds": rs}
-        per_round = ", ".join(f"{r['server_cpu_us']:.0f}" for r in rs)
+        cpu = float(np.median([r[f"{side}_cpu_us"] for r in rs]))
+        out[kind] = {"fps": fps, f"{side}_cpu_us": cpu, "rounds": rs}
+        per_round = ", ".join(f"{r[f'{side}_cpu_us']:.0f}" for r in rs)
         print(
-            f"  {kind:30s} {fps:7.0f} msg/s, server CPU {cpu:4.0f} us per request (rounds {per_round})",
+            f"  {kind:34s} {fps:7.0f} {rate}, {side} CPU {cpu:4.0f} us per {per} (rounds {per_round})",
             flush=True,
         )
     return out

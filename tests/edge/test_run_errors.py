@@ -10,7 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -122,7 +124,11 @@ def test_a_run_that_fails_part_way_drains_and_writes_its_report(
     assert (s["captured"], s["completed"], s["failed"], s["lost"]) == (50, 50, 0, 0)
 
 
-def test_frames_lost_at_the_end_make_a_non_zero_exit(exports: Exports, tmp_path: Path) -> None:
+def _agent_until_the_server_fails(
+    exports: Exports, tmp_path: Path, fail: Callable[[subprocess.Popen[str]], None]
+) -> tuple[int, str, str, dict[str, Any]]:
+    """``splitpipe agent`` streaming to ``splitpipe serve``; once frames flow, ``fail(serve)``,
+    half a second later SIGTERM to the agent: its exit code, stdout, stderr and report."""
     port = free_port()
     serve = ServeProcess([exports.raw], port).start()
     report = tmp_path / "r.json"
@@ -131,21 +137,29 @@ def test_frames_lost_at_the_end_make_a_non_zero_exit(exports: Exports, tmp_path:
          "--fps", "200", "--log-interval", "0.3", "--drain-timeout", "0.5", "--report", str(report)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), cwd=REPO,
     )  # fmt: skip
-    assert proc.stderr is not None
+    assert proc.stderr is not None and serve.proc is not None
     try:
         for line in proc.stderr:  # frames are flowing
             if " fps, e2e p50 " in line:
                 break
-        serve.kill()  # and never comes back: the frames captured from now on get no reply
+        fail(serve.proc)
         time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
+        if serve.proc.poll() is None:
+            serve.proc.send_signal(signal.SIGCONT)  # a stopped server can stop
         serve.stop()
         if proc.poll() is None:
             proc.kill()
-    lost = json.loads(report.read_text())["summary"]["lost"]
-    assert lost >= 1 and proc.returncode == 1, stderr
+    return proc.returncode, stdout, stderr, json.loads(report.read_text())
+
+
+def test_frames_lost_at_the_end_make_a_non_zero_exit(exports: Exports, tmp_path: Path) -> None:
+    # the server is killed and never comes back: the frames captured from then on get no reply
+    code, stdout, stderr, data = _agent_until_the_server_fails(exports, tmp_path, lambda p: p.kill())
+    lost = data["summary"]["lost"]
+    assert lost >= 1 and code == 1, stderr
     assert f"splitpipe agent: {lost} frame(s) lost: no reply before the end" in stderr
     assert f"{lost} lost" in stdout
 
@@ -179,31 +193,11 @@ def test_bytes_per_frame_cover_every_frame_and_remote_frames_have_their_own() ->
 def test_frames_lost_to_a_hung_server_say_they_were_sent(exports: Exports, tmp_path: Path) -> None:
     """A server that stops answering (SIGSTOP: the connection stays up) keeps the window's frames
     unanswered; at the end they are lost, and the report says each was sent once."""
-    port = free_port()
-    serve = ServeProcess([exports.raw], port).start()
-    report = tmp_path / "r.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "splitpipe", "agent", str(exports.raw), "--server", f"127.0.0.1:{port}",
-         "--fps", "200", "--log-interval", "0.3", "--drain-timeout", "0.5", "--report", str(report)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), cwd=REPO,
-    )  # fmt: skip
-    assert proc.stderr is not None and serve.proc is not None
-    try:
-        for line in proc.stderr:  # frames are flowing
-            if " fps, e2e p50 " in line:
-                break
-        serve.proc.send_signal(signal.SIGSTOP)
-        time.sleep(0.5)  # the window fills with frames sent and never answered
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        serve.proc.send_signal(signal.SIGCONT)
-        serve.stop()
-        if proc.poll() is None:
-            proc.kill()
-    data = json.loads(report.read_text())
+    code, _, stderr, data = _agent_until_the_server_fails(
+        exports, tmp_path, lambda p: p.send_signal(signal.SIGSTOP)
+    )
     lost = [f for f in data["frames"] if f["e2e_ms"] is None]
-    assert proc.returncode == 1 and len(lost) == data["summary"]["lost"] >= 4, stderr
+    assert code == 1 and len(lost) == data["summary"]["lost"] >= 4, stderr
     sent = [f for f in lost if f["sends"] == 1]
     assert len(sent) == 4 and all(f["sends"] in (0, 1) for f in lost)  # the window: 4 were sent
     unsent = len(lost) - len(sent)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
+
+from splitpipe.errors import SplitpipeError
 
 
 def sha256_file(path: Path) -> str:
@@ -13,3 +16,19 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write_whole(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a file beside it renamed over it, so that an earlier
+    file stays whole until the new one is complete; a link keeps pointing at the file written,
+    and a device or a pipe at ``path`` is refused (the rename would replace it). OSError on
+    failure, with nothing left beside it."""
+    out = Path(path).resolve()
+    if out.exists() and not out.is_file():
+        raise SplitpipeError(f"{path} is not a regular file; not replacing it")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from splitpipe._files import write_whole
 from splitpipe.errors import SplitpipeError
 
 _LOGGER = logging.getLogger(__name__)
@@ -368,12 +369,7 @@ class Report:
         }
 
     def write(self, path: str | Path) -> None:
-        path = Path(path)
-        if path.exists() and not path.is_file():  # the rename would replace a device or a pipe
-            raise SplitpipeError(f"report {path} is not a regular file; not replacing it")
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
-        tmp.replace(path)
+        write_whole(path, json.dumps(self.to_json(), indent=1) + "\n")
 
     def lines(self) -> list[str]:
         """A short human summary (the CLI prints it)."""

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from splitpipe._files import write_whole
 from splitpipe.devices.runtimes.compiled import PARTS, TARGET_RUNTIMES, compiled_file, sha256_file
 from splitpipe.edge.options import SourceSpec
 from splitpipe.errors import SplitpipeError, UnavailableError, choices
@@ -551,9 +552,7 @@ def _write_manifest(directory: Path, part: str, entry: dict[str, Any]) -> None:
     previous = compiled.get(part)
     compiled[part] = entry
     manifest["compiled"] = compiled
-    tmp = directory / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_whole(path, json.dumps(manifest, indent=2) + "\n")
     if isinstance(previous, dict) and previous.get("path") not in (None, entry["path"]):
         old = (directory / str(previous["path"])).resolve()
         if old.is_relative_to(directory.resolve()) and old.name not in ("head.onnx", "tail.onnx"):

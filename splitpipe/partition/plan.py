@@ -261,15 +261,12 @@ class Plan:
 
     def write(self, path: str | Path) -> None:
         """Write the plan JSON; an earlier file at ``path`` stays whole until the new one is complete."""
-        out = Path(path).resolve()  # a link keeps pointing at the file
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        from splitpipe._files import write_whole
+
         try:
-            tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-            os.replace(tmp, out)
+            write_whole(path, json.dumps(self.to_json(), indent=2) + "\n")
         except OSError as exc:
-            raise SplitpipeError(f"cannot write the plan to {out}: {exc.strerror or exc}") from None
-        finally:
-            tmp.unlink(missing_ok=True)
+            raise SplitpipeError(f"cannot write the plan to {path}: {exc.strerror or exc}") from None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Plan:

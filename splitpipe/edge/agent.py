@@ -662,17 +662,9 @@ def _check_head_inputs(export: EdgeExport, takes: list[Any]) -> None:
     """The manifest's ``inputs`` (what the source makes) are what the head file takes: names,
     dtypes and fixed dimensions."""
     head = {t.name: t for t in takes}
-
-    def fits(spec: Any) -> bool:
-        got = head.get(spec.name)
-        return (
-            got is not None
-            and got.dtype == spec.dtype
-            and len(got.shape) == len(spec.shape)
-            and all(a is None or b is None or a == b for a, b in zip(got.shape, spec.shape, strict=True))
-        )
-
-    if len(takes) != len(export.inputs) or not all(fits(t) for t in export.inputs):
+    if len(takes) != len(export.inputs) or not all(
+        t.name in head and t.agrees(head[t.name]) for t in export.inputs
+    ):
         raise SplitpipeError(
             f"export {export.directory}: the manifest's inputs ({', '.join(t.describe() for t in export.inputs)}) "
             f"do not match the head's ({', '.join(t.describe() for t in takes)}); export again"

@@ -75,15 +75,6 @@ def load_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-def _compatible(a: TensorSpec, b: TensorSpec) -> bool:
-    return (
-        a.name == b.name
-        and a.dtype == b.dtype
-        and len(a.shape) == len(b.shape)
-        and all(x is None or y is None or x == y for x, y in zip(a.shape, b.shape, strict=True))
-    )
-
-
 def _describe(specs: list[TensorSpec]) -> str:
     return ", ".join(s.describe() for s in specs)
 
@@ -157,9 +148,7 @@ def load_tail(directory: str | Path, options: ServerOptions) -> TailModel:
     runner.activate()
     try:
         by_name = {s.name: s for s in runner.inputs}
-        if sorted(by_name) != sorted(s.name for s in cut) or not all(
-            _compatible(s, by_name[s.name]) for s in cut
-        ):
+        if sorted(by_name) != sorted(s.name for s in cut) or not all(s.agrees(by_name[s.name]) for s in cut):
             raise _fail(
                 directory,
                 f"the manifest's cut tensors ({_describe(cut)}) do not match the tail's inputs "
@@ -167,7 +156,7 @@ def load_tail(directory: str | Path, options: ServerOptions) -> TailModel:
             )
         out_by_name = {s.name: s for s in runner.outputs}
         if sorted(out_by_name) != sorted(s.name for s in declared_outputs) or not all(
-            _compatible(s, out_by_name[s.name]) for s in declared_outputs
+            s.agrees(out_by_name[s.name]) for s in declared_outputs
         ):
             raise _fail(
                 directory,

@@ -41,6 +41,15 @@ class TensorSpec:
             return f"input {self.name!r} has shape {tuple(array.shape)}, expected {want_s}"
         return None
 
+    def agrees(self, other: TensorSpec) -> bool:
+        """Same name, dtype and rank, and no dimension fixed to two different sizes."""
+        return (
+            self.name == other.name
+            and self.dtype == other.dtype
+            and len(self.shape) == len(other.shape)
+            and all(a is None or b is None or a == b for a, b in zip(self.shape, other.shape, strict=True))
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype.name, "shape": list(self.shape)}
 

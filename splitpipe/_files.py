@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from splitpipe.errors import SplitpipeError
@@ -32,3 +34,20 @@ def write_whole(path: str | Path, text: str) -> None:
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def replace_dir(new: Path, out: Path) -> None:
+    """Move folder ``new`` to ``out``, replacing an earlier ``out`` only once ``new`` is in place:
+    a failure or an interrupt on the way leaves the earlier one whole."""
+    if not out.exists():
+        new.rename(out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    old.rmdir()  # only the unique name is needed
+    out.rename(old)
+    try:
+        new.rename(out)
+    except BaseException:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from splitpipe._files import sha256_file
+from splitpipe._files import replace_dir, sha256_file
 from splitpipe.errors import SplitpipeError, choices
 from splitpipe.names import RULE as NAME_RULE
 from splitpipe.names import valid_model_name
@@ -285,7 +285,7 @@ def export_split(
         )
         manifest["verification"] = verification
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _replace_dir(tmp, target)
+        replace_dir(tmp, target)
     except OSError as exc:
         raise SplitpipeError(
             f"cannot write the export to {out}: {exc.strerror or exc}"
@@ -296,23 +296,6 @@ def export_split(
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(out, manifest, verification["max_abs"], verification["max_rel"])
-
-
-def _replace_dir(new: Path, out: Path) -> None:
-    """Move folder ``new`` to ``out``, replacing an earlier ``out`` only once ``new`` is in place:
-    a failure or an interrupt on the way leaves the earlier one whole."""
-    if not out.exists():
-        new.rename(out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    old.rmdir()  # only the unique name is needed
-    out.rename(old)
-    try:
-        new.rename(out)
-    except BaseException:
-        old.rename(out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_plan_fits(plan: Plan, predicted: Any, graph: Graph, cut: Cut, model: str) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from splitpipe._files import replace_dir
 from splitpipe.errors import SplitpipeError, choices
 from splitpipe.proto.datatypes import kserve_datatype
 from splitpipe.server.models import TailModel, load_tails, sha256_file
@@ -230,9 +231,7 @@ def _write_entry(model: TailModel, repo: Path, options: TritonOptions) -> Triton
             "compiled": compiled.summary() if compiled is not None else None,
         }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+        replace_dir(tmp, target)  # an earlier entry stays whole until this one is in place
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     batched = model.batchable
